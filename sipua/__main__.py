@@ -1,0 +1,5 @@
+"""Allow ``python -m sipua``."""
+
+from sipua.cli import main
+
+main()
