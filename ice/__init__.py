@@ -2,3 +2,5 @@
 
 This package depends on nothing else in the repository, so it can be used on its own.
 """
+
+__version__ = "0.1.0"

@@ -14,6 +14,7 @@ import click
 
 from sipua import __version__
 from sipua.errors import UserError
+from sipua.exitcodes import ExitCode
 
 
 class _Group(click.Group):
@@ -31,6 +32,46 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="sipua")
 def cli() -> None:
     """A SIP user agent that gets calls through NATs with ICE."""
+
+
+@cli.command()
+@click.option("--nomination", type=click.Choice(["regular", "aggressive"]), default="regular",
+              show_default=True, help="How the controlling agent nominates.")
+@click.option("--components", type=click.IntRange(1, 2), default=2, show_default=True,
+              help="1 = RTP and RTCP multiplexed, 2 = separate RTCP component.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--seed", type=int, default=None, help="Seed the random source (repeatable runs).")
+def demo(nomination: str, components: int, as_json: bool, seed: int | None) -> None:
+    """Run two agents on this machine through the embedded STUN server and check media flows."""
+    import json
+
+    from rich.console import Console
+    from twisted.internet import task
+    from twisted.internet.defer import Deferred
+
+    from sipua.demo import print_report, run_demo
+
+    result: dict[str, Any] = {}
+
+    def run(reactor: Any) -> Deferred[None]:
+        async def go() -> None:
+            result.update(await run_demo(reactor, components=components, nomination=nomination,
+                                         seed=seed))
+        return Deferred.fromCoroutine(go())
+
+    try:
+        task.react(run)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise UserError("the demo stopped with an internal error (see the log above)",
+                            ExitCode.FAILURE) from None
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        print_report(result, Console())
+    code = int(result.get("exit_code", ExitCode.FAILURE))
+    if code:
+        sys.exit(code)
 
 
 def _register_subcommands() -> None:

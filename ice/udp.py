@@ -1,0 +1,152 @@
+"""The Twisted side of an ICE agent: its UDP sockets.
+
+One UDP port per local base (address x component). Everything arriving on a port goes to the
+agent first: STUN checks and responses, STUN/TURN server answers and TURN ChannelData are consumed
+there (the first-byte demultiplexing of RFC 7983), and whatever is left (RTP/RTCP, or the peer
+command's PINGs) comes back as :class:`~ice.agent.AppData` for the media layer. STUN, TURN and
+media therefore share the socket ICE selected, as they must for the NAT binding to be the one the
+checks opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.protocol import DatagramProtocol
+
+from ice.agent import Agent, AppData
+from ice.candidate import LocalBase, Transmit
+from ice.driver import CoreDriver, ReactorTime
+from ice.events import IceEvent
+
+log = logging.getLogger(__name__)
+
+
+class ListeningPort(Protocol):
+    """The part of Twisted's ``IListeningPort`` + UDP transport used here."""
+
+    def getHost(self) -> Any: ...
+    def write(self, data: bytes, addr: tuple[str, int]) -> Any: ...
+    def stopListening(self) -> Any: ...
+
+
+class ReactorUDP(ReactorTime, Protocol):
+    """A reactor that can open UDP ports (the real one, or the virtual network's hosts)."""
+
+    def listenUDP(self, port: int, protocol: DatagramProtocol, interface: str = "",
+                  maxPacketSize: int = 8192) -> ListeningPort: ...
+
+
+def _address(addr: Any) -> tuple[str, int]:
+    # Twisted gives IPv6 sources as (host, port, flowinfo, scope_id).
+    return (str(addr[0]), int(addr[1]))
+
+
+class _BaseProtocol(DatagramProtocol):
+    """Receives on one base and hands datagrams to the owning transport."""
+
+    def __init__(self, owner: IceUdpTransport, base: LocalBase | None = None) -> None:
+        self.owner = owner
+        self.base = base
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if self.base is not None:
+            self.owner.datagram_received(self.base, datagram, _address(addr))
+
+
+class IceUdpTransport:
+    """Owns the sockets of one agent and drives it on a reactor."""
+
+    def __init__(self, agent: Agent, reactor: ReactorUDP, *,
+                 on_event: Callable[[IceEvent], None] | None = None,
+                 on_data: Callable[[AppData], None] | None = None) -> None:
+        self.agent = agent
+        self.reactor = reactor
+        self.on_event = on_event or (lambda event: None)
+        self.on_data = on_data or (lambda data: None)
+        self.driver: CoreDriver[Transmit, IceEvent] = CoreDriver(
+            agent, reactor, send=self._send, on_event=self._event)
+        self._ports: dict[LocalBase, ListeningPort] = {}
+        self.send_errors = 0
+
+    @property
+    def bases(self) -> list[LocalBase]:
+        """Local bases in the order they were bound."""
+        return list(self._ports)
+
+    def now(self) -> float:
+        return self.driver.now()
+
+    def bind(self, addresses: Sequence[str], *, components: int = 1,
+             port: int = 0) -> list[LocalBase]:
+        """Open one port per address and component and register each with the agent.
+
+        ``port`` 0 lets the kernel choose; a fixed port is used for component 1 and the next
+        ones for higher components (RTP/RTCP convention).
+        """
+        bound: list[LocalBase] = []
+        for index, ip in enumerate(addresses):
+            # RFC 8445 §5.1.2.1: distinct local preferences for a multihomed host, first
+            # address preferred.
+            local_preference = max(0, 65535 - 256 * index)
+            for component in range(1, components + 1):
+                proto = _BaseProtocol(self)
+                wanted = port + component - 1 if port else 0
+                listening = self.reactor.listenUDP(wanted, proto, interface=ip)
+                host = listening.getHost()
+                base = LocalBase(component=component, address=(ip, int(host.port)))
+                proto.base = base
+                self._ports[base] = listening
+                self.agent.add_base(base, self.now(), local_preference=local_preference)
+                bound.append(base)
+        self.driver.poke()
+        return bound
+
+    def datagram_received(self, base: LocalBase, data: bytes, source: tuple[str, int]) -> None:
+        try:
+            app = self.agent.receive(data, source, base, self.now())
+        except Exception:  # the agent must never raise on input; if it does, keep the reactor
+            log.exception("ICE agent failed on a datagram from %s:%d", *source)
+            app = None
+        if app is not None:
+            self.on_data(app)
+        self.driver.poke()
+
+    def send(self, component: int, data: bytes) -> None:
+        """Send application data over the component's selected pair."""
+        self.agent.send(component, data, self.now())
+        self.driver.poke()
+
+    def poke(self) -> None:
+        """Flush after a command was given to the agent directly."""
+        self.driver.poke()
+
+    def _event(self, event: IceEvent) -> None:
+        self.on_event(event)
+
+    def _send(self, transmit: Transmit) -> None:
+        port = self._ports.get(transmit.via)
+        if port is None:
+            log.warning("no socket for base %s", transmit.via)
+            return
+        try:
+            port.write(transmit.data, transmit.dest)
+        except OSError as exc:
+            # Unreachable networks are normal while checking pairs (an IPv6 or a foreign private
+            # address): count, do not propagate.
+            self.send_errors += 1
+            quiet = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.EAFNOSUPPORT)
+            level = logging.DEBUG if exc.errno in quiet else logging.INFO
+            log.log(level, "send to %s:%d failed: %s", transmit.dest[0], transmit.dest[1], exc)
+
+    def close(self) -> None:
+        """Release TURN allocations (their requests go out now), then close every socket."""
+        self.agent.close(self.now())
+        self.driver.poke()
+        self.driver.stop()
+        for port in self._ports.values():
+            port.stopListening()
+        self._ports.clear()
