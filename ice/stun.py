@@ -524,38 +524,68 @@ def _decode(data: bytes) -> Message:
     attributes: dict[int, Any] = {}
     decoders = _DECODERS
     unpack_head = _TLV_HEAD.unpack_from
-    integrity_at = -1
-    sha256_at = -1
+    special = _COMPUTED
     pos = 20
+    # The hot loop does the least per attribute; the attribute that overruns the message is
+    # caught once after the loop (a decoder reading past the end raises struct.error first).
     while pos < size:
         atype, alen = unpack_head(data, pos)
         start = pos + 4
-        following = start + ((alen + 3) & ~3)
+        if atype in special:
+            break
+        pos = start + ((alen + 3) & -4)
+        decoder = decoders.get(atype)
+        if atype not in attributes:
+            attributes[atype] = (data[start:start + alen] if decoder is None
+                                 else decoder(data, start, alen, tid))
+        elif decoder is not None:
+            decoder(data, start, alen, tid)  # still validated
+    else:
+        if pos != size:
+            raise StunError("last attribute overruns the message")
+        method, cls = _split_type(mtype)
+        return Message(method, cls, tid, attributes, data)
+    if pos + 4 + ((alen + 3) & -4) > size:
+        raise StunError("attribute overruns the message")
+    integrity_at, sha256_at = _decode_tail(data, pos, attributes)
+    method, cls = _split_type(mtype)
+    return Message(method, cls, tid, attributes, data, integrity_at, sha256_at)
+
+
+def _decode_tail(data: bytes, pos: int, attributes: dict[int, Any]) -> tuple[int, int]:
+    """MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256, FINGERPRINT and whatever follows them.
+
+    RFC 8489 §14.5, §14.6: attributes after MESSAGE-INTEGRITY other than
+    MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, and after MESSAGE-INTEGRITY-SHA256 other than
+    FINGERPRINT, are ignored; §14.7: FINGERPRINT is the last attribute.
+    """
+    size = len(data)
+    integrity_at = sha256_at = -1
+    while pos < size:
+        atype, alen = _TLV_HEAD.unpack_from(data, pos)
+        start = pos + 4
+        following = start + ((alen + 3) & -4)
         if following > size:
             raise StunError(f"attribute 0x{atype:04x} overruns the message")
         if atype == _FP:
-            # RFC 8489 §14.7: FINGERPRINT is the last attribute.
             if alen != 4 or following != size:
                 raise StunError("FINGERPRINT not last or of wrong length")
-            expected = _U32.unpack_from(data, start)[0]
-            if zlib.crc32(data[:pos]) ^ FINGERPRINT_XOR != expected:
+            if zlib.crc32(data[:pos]) ^ FINGERPRINT_XOR != _U32.unpack_from(data, start)[0]:
                 raise StunError("FINGERPRINT mismatch")
             attributes[_FP] = data[start:following]
-            break
-        if sha256_at >= 0 or (integrity_at >= 0 and atype != _MI256):
-            pos = following  # RFC 8489 §14.5: not covered by integrity, ignored
-            continue
-        decoder = decoders.get(atype)
-        value = data[start:start + alen] if decoder is None else decoder(data, start, alen, tid)
-        if atype not in attributes:
-            attributes[atype] = value
-        if atype == _MI:
+        elif atype == _MI and integrity_at < 0 and sha256_at < 0:
+            if alen != 20:
+                raise StunError(f"MESSAGE-INTEGRITY length {alen}")
+            attributes[_MI] = data[start:following]
             integrity_at = pos
-        elif atype == _MI256:
+        elif atype == _MI256 and sha256_at < 0:
+            attributes[_MI256] = _dec_mi256(data, start, alen, b"")
             sha256_at = pos
+        elif integrity_at < 0 and sha256_at < 0:
+            # Only reachable when the first special attribute seen is not one of the three.
+            raise StunError("unexpected attribute state")
         pos = following
-    method, cls = _split_type(mtype)
-    return Message(method, cls, tid, attributes, data, integrity_at, sha256_at)
+    return integrity_at, sha256_at
 
 
 def is_stun(data: bytes) -> bool:

@@ -14,7 +14,7 @@ from twisted.internet import task
 
 
 def _next_due(clock: task.Clock) -> float | None:
-    return min((call.getTime() for call in clock.getDelayedCalls()), default=None)
+    return min((call.getTime() for call in clock.calls), default=None)
 
 
 def _move_to(clock: task.Clock, target: float) -> None:
