@@ -86,7 +86,7 @@ def test_baresip_offer_reads_session_level_ice_and_both_components() -> None:
 
 
 def test_browser_offer_keeps_foundation_spelling_and_ignores_unusable_lines() -> None:
-    """A numeric foundation keeps its leading zero, extensions are kept, a broken line is skipped."""
+    """A numeric foundation keeps its leading zero; extensions kept; a broken line skipped."""
     media = parse_sdp(BROWSER).audio
     assert media.ice is not None
     cands = media.ice.candidates
