@@ -14,7 +14,8 @@ from twisted.internet import task
 
 
 def _next_due(clock: task.Clock) -> float | None:
-    return min((call.getTime() for call in clock.calls), default=None)
+    # Clock keeps ``calls`` sorted by time (it re-sorts on every callLater, reset and delay).
+    return clock.calls[0].getTime() if clock.calls else None
 
 
 def _move_to(clock: task.Clock, target: float) -> None:
