@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages for the NAT lab and the interop peers (installed only when missing, only as root).
-DEBS=(iproute2 iptables conntrack kamailio kamailio-extra-modules coturn baresip-core
+DEBS=(iproute2 iptables nftables conntrack kamailio kamailio-extra-modules coturn baresip-core
       libnetfilter-queue-dev build-essential)
 missing=()
 for pkg in "${DEBS[@]}"; do

@@ -1,10 +1,121 @@
-"""``sipua lab``: bring a NAT lab up, inspect it, run commands in it, take it down."""
+"""``sipua lab``: bring a NAT lab up, inspect it, run commands in it, take it down.
+
+The command line is fixed so that scripts can rely on it (docs/lab.md)::
+
+    sipua lab up TOPOLOGY [--name N] [--delay MS] [--jitter MS] [--loss PCT] [--udp-timeout S]
+                 [--overlap] [--no-servers]
+    sipua lab status [--name N] [--json]
+    sipua lab exec [--name N] HOST -- CMD ...
+    sipua lab down [--name N]
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from typing import Any
+
 import click
+
+from sipua.errors import UserError
+from sipua.lab.lab import Lab, check_environment, list_labs, teardown
+from sipua.lab.topology import DEFAULT_NAME, TOPOLOGY_HELP
+
+_NAME = click.option("--name", "-n", default=DEFAULT_NAME, show_default=True,
+                     help="Lab name (prefix of its namespaces).")
 
 
 @click.group()
 def lab() -> None:
     """Network-namespace NAT lab with real Linux NAT (needs root)."""
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    opts = status["options"]
+    extras = [f"{k}={v}" for k, v in opts.items() if v not in (0, None, False) and k != "servers"]
+    click.echo(f"lab {status['name']}: {status['topology']}"
+               + (f" ({', '.join(extras)})" if extras else ""))
+    for host in status["hosts"].values():
+        behind = (f"behind {host['nat']} NAT {host['router']}" if host["router"]
+                  else "public")
+        click.echo(f"  {host['name']:<7}{host['address']:<16}public {host['public_address']:<16}"
+                   f"{behind}  [ns {host['namespace']}]")
+    srv = status["servers"]
+    if srv:
+        click.echo(f"  STUN/TURN {srv['turn']['address']} user {srv['turn']['user']}"
+                   f"/{srv['turn']['password']} realm {srv['turn']['realm']}")
+        users = ", ".join(f"{u}/{p}" for u, p in srv["sip"]["users"].items())
+        click.echo(f"  SIP {srv['sip']['registrar']} domain {srv['sip']['domain']} users {users}")
+    for name, proc in status["processes"].items():
+        state = "running" if proc["alive"] else "DEAD"
+        click.echo(f"  {name}: pid {proc['pid']} {state} (log {status['state_dir']}/{name}.log)")
+
+
+@lab.command()
+@click.argument("topology", metavar="TOPOLOGY")
+@_NAME
+@click.option("--delay", type=float, default=0.0, help="Delay (ms) of each packet crossing the "
+              "internet.")
+@click.option("--jitter", type=float, default=0.0, help="Uniform +/- jitter (ms) on the delay; "
+              "reorders packets.")
+@click.option("--loss", type=float, default=0.0, help="Share (%) of packets crossing the "
+              "internet that are dropped.")
+@click.option("--udp-timeout", type=int, default=None, help="UDP binding timeout (s) of the NATs.")
+@click.option("--overlap", is_flag=True, help="Both homes use 192.168.1.0/24, same host address.")
+@click.option("--no-servers", is_flag=True, help="Do not start coturn and Kamailio.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def up(topology: str, name: str, delay: float, jitter: float, loss: float,
+       udp_timeout: int | None, overlap: bool, no_servers: bool, as_json: bool) -> None:
+    """Build a lab."""
+    the_lab = Lab.up(topology, name, delay_ms=delay, jitter_ms=jitter, loss_pct=loss,
+                     udp_timeout=udp_timeout, overlap=overlap, servers=not no_servers)
+    status = the_lab.status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    else:
+        _print_status(status)
+
+
+up.help = f"Build a lab. TOPOLOGY: {TOPOLOGY_HELP}."
+
+
+@lab.command()
+@_NAME
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(name: str, as_json: bool) -> None:
+    """Hosts, their addresses, their NAT's public address, servers and processes."""
+    check_environment()
+    the_lab = Lab.attach(name)
+    if as_json:
+        click.echo(json.dumps(the_lab.status(), indent=2))
+    else:
+        _print_status(the_lab.status())
+        others = [n for n in list_labs() if n != name]
+        if others:
+            click.echo(f"other labs: {', '.join(others)}")
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True})
+@_NAME
+@click.argument("host")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(name: str, host: str, cmd: tuple[str, ...]) -> None:
+    """Run CMD in HOST (server, a, b, or nat-a, nat-b, nat, inet); exits with CMD's code."""
+    check_environment()
+    the_lab = Lab.attach(name)
+    try:
+        code = subprocess.call(the_lab.argv(host, list(cmd)))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+@lab.command()
+@_NAME
+def down(name: str) -> None:
+    """Stop every process and remove every namespace of the lab (also after a crash)."""
+    check_environment()
+    if not teardown(name):
+        raise UserError(f"no lab named {name!r}")
+    click.echo(f"lab {name} removed")
