@@ -7,21 +7,20 @@ sends test media both ways over the selected pairs, verifies what arrived and pr
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ice.agent import Agent, AppData, IceSettings
-from ice.events import IceCompleted, IceEvent, IceFailed
-from ice.server_udp import listen_stun
 from rich.console import Console
 from rich.table import Table
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 
+from ice.agent import Agent, AppData, IceSettings
+from ice.events import IceCompleted, IceEvent, IceFailed
+from ice.server_udp import listen_stun
 from ice.udp import IceUdpTransport
 from sipua.exitcodes import ExitCode
 
@@ -168,6 +167,43 @@ def _pair_text(pair: Any) -> str | None:
             f"{remote.type.value} {remote.address[0]}:{remote.address[1]}")
 
 
+def _addr(value: Any) -> str:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return f"{value[0]}:{value[1]}"
+    return str(value)
+
+
+def _pair(pair: dict[str, Any]) -> str:
+    return (f"{pair['local_type']} {_addr(pair['local_address'])} -> "
+            f"{pair['remote_type']} {_addr(pair['remote_address'])} (c{pair['component']})")
+
+
+def describe_event(entry: dict[str, Any]) -> str:
+    """One readable line for an ICE event in its ``to_dict()`` form."""
+    kind = entry["event"]
+    pair = entry.get("pair")
+    if kind == "CandidateGathered":
+        return str(entry["candidate"]["sdp"])
+    if kind == "CheckSent":
+        flags = [f for f, on in (("USE-CANDIDATE", entry["use_candidate"]),
+                                 ("retransmission", entry["retransmission"]),
+                                 ("triggered", entry["triggered"])) if on]
+        return _pair(pair) + (f" [{', '.join(flags)}]" if flags else "")
+    if kind == "CheckSucceeded":
+        return f"{_pair(pair)} rtt {entry['rtt'] * 1000:.1f} ms"
+    if kind == "CheckFailed":
+        return f"{_pair(pair)}: {entry['reason']}"
+    if kind == "CheckReceived":
+        nominate = " USE-CANDIDATE" if entry["use_candidate"] else ""
+        return f"{_pair(pair)}{nominate} -> {entry['response']}"
+    if kind == "PairStateChanged":
+        return f"{_pair(pair)} {entry['old']} -> {entry['new']} ({entry['cause']})"
+    if pair is not None:
+        return _pair(pair)
+    rest = {k: v for k, v in entry.items() if k not in ("event", "at")}
+    return ", ".join(f"{k}={v}" for k, v in rest.items())
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     """The human-readable report."""
     console.print(f"[bold]sipua demo[/]: two ICE agents on loopback, STUN server "
@@ -183,9 +219,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_column("detail")
         start = side["timeline"][0]["at"] if side["timeline"] else 0.0
         for entry in side["timeline"]:
-            detail = {k: v for k, v in entry.items() if k not in ("type", "at")}
-            table.add_row(f"{(entry['at'] - start) * 1000:.1f}", entry["type"],
-                          json.dumps(detail, default=str)[:110])
+            table.add_row(f"{(entry['at'] - start) * 1000:.1f}", entry["event"],
+                          describe_event(entry))
         console.print(table)
         for comp, text in side["selected"].items():
             console.print(f"  {name} component {comp} selected: {text}")

@@ -17,10 +17,10 @@ PACKAGES = ("ice", "media", "sipua")
 
 #: Modules allowed to do I/O: Twisted glue, sockets, processes, the command line, the lab.
 NOT_CORES = {
-    "ice.driver", "ice.udp", "ice.peer", "ice.interfaces", "ice.__main__",
+    "ice.driver", "ice.udp", "ice.peer", "ice.interfaces", "ice.__main__", "ice.server_udp",
     "media.audio", "media.stream", "media.clock",
     "sipua.cli", "sipua.__main__", "sipua.transport", "sipua.useragent", "sipua.resolver",
-    "sipua.demo", "sipua.pytest_plugin", "sipua.settings", "sipua.pcap",
+    "sipua.demo", "sipua.pytest_plugin", "sipua.settings", "sipua.config", "sipua.pcap",
 }
 NOT_CORE_PACKAGES = ("sipua.lab",)
 
