@@ -33,9 +33,13 @@ class RtpExtension:
     """The extension body; its length is a multiple of 4 bytes."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RtpPacket:
-    """One RTP packet (RFC 3550 §5.1); the version is always 2."""
+    """One RTP packet (RFC 3550 §5.1); the version is always 2.
+
+    Not frozen only because a frozen dataclass costs twice as much to build on the hot path;
+    treat instances as values.
+    """
 
     payload_type: int
     sequence: int
@@ -81,6 +85,18 @@ class RtpPacket:
         if self.padding:
             parts.append(bytes(self.padding - 1) + bytes((self.padding,)))
         return b"".join(parts)
+
+
+def encode_rtp(
+    payload_type: int, sequence: int, timestamp: int, ssrc: int, payload: bytes, marker: bool
+) -> bytes:
+    """A plain RTP packet (no CSRC, extension or padding) without building an object.
+
+    The send path of every stream runs through here, so it skips the range checks of
+    :meth:`RtpPacket.encode`: the caller keeps the fields in range.
+    """
+    return _HEADER.pack(0x80, (payload_type | 0x80) if marker else payload_type, sequence,
+                        timestamp, ssrc) + payload
 
 
 def parse_rtp(data: bytes) -> RtpPacket:

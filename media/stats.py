@@ -30,7 +30,7 @@ def _camel(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
-class _Stats:
+class Snapshot:
     """Mixin: ``to_dict()`` with camelCase (webrtc-stats) keys, nested snapshots included."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -38,7 +38,7 @@ class _Stats:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
-            if isinstance(value, _Stats):
+            if isinstance(value, Snapshot):
                 value = value.to_dict()
             out[_camel(field.name)] = value
         return out
@@ -84,7 +84,7 @@ def round_trip_time(arrival_ntp: int, lsr: int, dlsr: int) -> float | None:
 
 
 @dataclass(frozen=True)
-class InboundRtpStats(_Stats):
+class InboundRtpStats(Snapshot):
     """What we received from one remote source (webrtc-stats RTCInboundRtpStreamStats)."""
 
     ssrc: int
@@ -105,7 +105,7 @@ class InboundRtpStats(_Stats):
 
 
 @dataclass(frozen=True)
-class OutboundRtpStats(_Stats):
+class OutboundRtpStats(Snapshot):
     """What we sent (webrtc-stats RTCOutboundRtpStreamStats)."""
 
     ssrc: int
@@ -116,7 +116,7 @@ class OutboundRtpStats(_Stats):
 
 
 @dataclass(frozen=True)
-class RemoteInboundRtpStats(_Stats):
+class RemoteInboundRtpStats(Snapshot):
     """What the peer reports receiving from us, from its RR/SR blocks (RTCRemoteInboundRtp...)."""
 
     ssrc: int
@@ -132,7 +132,7 @@ class RemoteInboundRtpStats(_Stats):
 
 
 @dataclass(frozen=True)
-class RemoteOutboundRtpStats(_Stats):
+class RemoteOutboundRtpStats(Snapshot):
     """What the peer reports sending, from its SR (RTCRemoteOutboundRtpStreamStats)."""
 
     ssrc: int
@@ -178,6 +178,8 @@ class ReceiverStatistics:
         self._received_prior = 0
         self._expected_prior = 0
         self._probation = self._min_sequential
+        self._probation_bytes = 0
+        self._probation_header_bytes = 0
         self._started = False
         self._jitter = 0.0
         self._last_transit: float | None = None
@@ -216,12 +218,7 @@ class ReceiverStatistics:
             self._init_seq(seq)
             self._max_seq = (seq - 1) % SEQ_MOD
             self._probation = self._min_sequential
-        if not self._update_seq(seq):
-            return False
-        self._bytes += payload_size
-        self._header_bytes += header_size
-        self._last_arrival = now
-        # RFC 3550 A.8: J += (|D(i-1, i)| - J) / 16, in timestamp units.
+        # RFC 3550 A.8: J += (|D(i-1, i)| - J) / 16, in timestamp units, for every packet.
         transit = now * self.clock_rate - rtp_timestamp
         if self._last_transit is not None:
             d = transit - self._last_transit
@@ -229,6 +226,22 @@ class ReceiverStatistics:
             d = (d + (1 << 31)) % (1 << 32) - (1 << 31)
             self._jitter += (abs(d) - self._jitter) / 16.0
         self._last_transit = transit
+        self._last_arrival = now
+        in_probation = self._probation > 0
+        valid = self._update_seq(seq)
+        if in_probation:
+            if not valid:
+                self._probation_bytes += payload_size
+                self._probation_header_bytes += header_size
+                return False
+            # Probation just ended: its earlier packets count too (see the class docstring).
+            self._bytes += self._probation_bytes
+            self._header_bytes += self._probation_header_bytes
+            self._probation_bytes = self._probation_header_bytes = 0
+        elif not valid:
+            return False
+        self._bytes += payload_size
+        self._header_bytes += header_size
         return True
 
     def _update_seq(self, seq: int) -> bool:
@@ -250,6 +263,7 @@ class ReceiverStatistics:
             else:
                 self._probation = self._min_sequential - 1
                 self._max_seq = seq
+                self._probation_bytes = self._probation_header_bytes = 0
             return False
         if udelta < self._max_dropout:
             if seq < self._max_seq:
