@@ -27,7 +27,7 @@ class CandidateError(ValueError):
     """A candidate line (or a value given to build one) is malformed."""
 
 
-class CandidateType(str, enum.Enum):
+class CandidateType(enum.StrEnum):
     """Candidate types of RFC 8445 §5.1.1, spelled as in SDP."""
 
     HOST = "host"

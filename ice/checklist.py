@@ -66,6 +66,10 @@ class CandidatePair:
     nominate_on_success: bool = False
     #: The valid pair the last successful check of this pair produced.
     valid_pair: CandidatePair | None = field(default=None, repr=False)
+    #: When the first check of this pair left (None before any).
+    first_check_at: float | None = None
+    #: Round-trip time measured by the last successful check producing this valid pair.
+    rtt: float | None = None
 
     @property
     def component(self) -> int:

@@ -96,7 +96,7 @@ class GatheringCompleted(IceEvent):
     candidates: int
 
 
-# --- checks ----------------------------------------------------------------------------------------
+# --- checks --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CheckSent(IceEvent):
     """A connectivity check (Binding request) left on ``pair``."""
@@ -214,7 +214,7 @@ class IceRestarted(IceEvent):
     ufrag: str
 
 
-# --- after selection ---------------------------------------------------------------------------------
+# --- after selection ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class KeepaliveSent(IceEvent):
     """A Binding indication kept an idle selected pair alive (RFC 8445 §11)."""

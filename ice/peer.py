@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(reactor: ReactorUDP) -> Deferred[int]:
         peer = Peer(args, reactor)
-        stdio.StandardIO(_Stdin(peer))
+        stdio.StandardIO(_Stdin(peer))  # type: ignore[no-untyped-call]
         reactor.callWhenRunning(peer.start)  # type: ignore[attr-defined]
 
         def record(code: int) -> int:
