@@ -14,6 +14,7 @@ import json
 import logging
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -31,14 +32,11 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            await queue.put(None)
-            return
-        await queue.put(line.strip())
+def _stdin_lines(queue: asyncio.Queue[str | None], loop: asyncio.AbstractEventLoop) -> None:
+    """Read stdin in a daemon thread, so that a blocked read never holds up the exit."""
+    for line in sys.stdin:
+        loop.call_soon_threadsafe(queue.put_nowait, line.strip())
+    loop.call_soon_threadsafe(queue.put_nowait, None)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -56,7 +54,8 @@ async def run(args: argparse.Namespace) -> int:
            "gather_ms": round((time.monotonic() - started) * 1000, 1),
            "impl": f"aioice {aioice.__version__}"})
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    reader = asyncio.create_task(_stdin_lines(lines))
+    threading.Thread(target=_stdin_lines, args=(lines, asyncio.get_running_loop()),
+                     daemon=True).start()
     desc: dict[str, Any] | None = None
     while desc is None:
         line = await lines.get()
@@ -159,7 +158,6 @@ async def run(args: argparse.Namespace) -> int:
     except TimeoutError:
         pass
     recv_task.cancel()
-    reader.cancel()
     await conn.close()
     return code
 
