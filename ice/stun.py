@@ -136,7 +136,42 @@ _ERROR_HEAD = struct.Struct("!2xBB")
 _CHANNEL_HEAD = struct.Struct("!HH")
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by len % 4
 _MI_HEAD = _TLV_HEAD.pack(_MI, 20)
-_FLAG_TLV = {t: _TLV_HEAD.pack(t, 0) for t in (Attr.USE_CANDIDATE, Attr.DONT_FRAGMENT)}
+_FLAG_TLV: dict[int, bytes] = {
+    int(t): _TLV_HEAD.pack(t, 0) for t in (Attr.USE_CANDIDATE, Attr.DONT_FRAGMENT)
+}
+
+
+# --- HMAC-SHA1 with the key schedule kept per key --------------------------------------------
+
+_SHA1_PADS: dict[bytes, tuple[Any, Any]] = {}
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _sha1_pads(key: bytes) -> tuple[Any, Any]:
+    """The SHA-1 states after absorbing key ^ ipad and key ^ opad (RFC 2104), cached."""
+    block = hashlib.sha1(key).digest() if len(key) > 64 else bytes(key)
+    block = block.ljust(64, b"\0")
+    pads = (hashlib.sha1(block.translate(_IPAD)), hashlib.sha1(block.translate(_OPAD)))
+    if len(_SHA1_PADS) >= 256:
+        _SHA1_PADS.clear()
+    _SHA1_PADS[bytes(key)] = pads
+    return pads
+
+
+def _hmac_sha1(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA1 (RFC 2104) reusing the hashed inner and outer pads of ``key``.
+
+    A session signs and checks every message with one or two keys; keeping the two pad states
+    and copying them halves the cost of a one-shot ``hmac.digest`` on short messages.
+    """
+    pads = _SHA1_PADS.get(key) or _sha1_pads(key)
+    inner = pads[0].copy()
+    inner.update(msg)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
 
 
 # --- message type: method and class bits are interleaved (RFC 8489 §5) ------------------------
@@ -158,9 +193,6 @@ _PAIR_TO_TYPE: dict[tuple[int, int], int] = {
 
 
 def _split_type(mtype: int) -> tuple[int, MessageClass]:
-    pair = _TYPE_TO_PAIR.get(mtype)
-    if pair is not None:
-        return pair
     method = (mtype & 0x000F) | ((mtype & 0x00E0) >> 1) | ((mtype & 0x3E00) >> 2)
     cls = ((mtype >> 4) & 1) | ((mtype >> 7) & 2)
     return _METHODS.get(method, method), _CLASSES[cls]
@@ -355,6 +387,8 @@ def _dec_unknown(data: bytes, start: int, length: int, tid: bytes) -> tuple[int,
 
 
 def _enc_bytes(atype: int, value: bytes, tid: bytes) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"attribute 0x{atype:04x} needs bytes, got {type(value).__name__}")
     raw = bytes(value)
     n = len(raw)
     return _TLV_HEAD.pack(atype, n) + raw + _PADDING[n & 3]
@@ -412,6 +446,17 @@ _CODECS: dict[int, tuple[_Encoder, _Decoder]] = {
     Attr.MESSAGE_INTEGRITY_SHA256: (_enc_bytes, _dec_mi256),
     Attr.FINGERPRINT: (_enc_bytes, _fixed_bytes(4)),
 }
+# How the decoder's hot loop treats each type; _K_CALL goes through _DECODERS.
+_K_OPAQUE, _K_TEXT, _K_U32, _K_U64, _K_FLAG, _K_CALL, _K_SPECIAL = range(7)
+_KINDS: dict[int, int] = {int(t): _K_CALL for t in _CODECS}
+_KINDS.update({int(t): _K_TEXT for t in (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.SOFTWARE,
+                                         Attr.ALTERNATE_DOMAIN)})
+_KINDS.update({int(t): _K_U32 for t in (Attr.PRIORITY, Attr.LIFETIME)})
+_KINDS.update({int(t): _K_U64 for t in (Attr.ICE_CONTROLLED, Attr.ICE_CONTROLLING)})
+_KINDS.update({int(t): _K_FLAG for t in (Attr.USE_CANDIDATE, Attr.DONT_FRAGMENT)})
+_KINDS.update({int(t): _K_OPAQUE for t in (Attr.DATA, Attr.PASSWORD_ALGORITHMS)})
+_KINDS.update({int(t): _K_SPECIAL for t in _COMPUTED})
+_TAIL_MI_FP = struct.Struct("!HH20sHHI")
 # Plain-int keys: dict lookups with an int hash a little faster than with enum members.
 _ENCODERS: dict[int, _Encoder] = {int(k): v[0] for k, v in _CODECS.items()}
 _DECODERS: dict[int, _Decoder] = {int(k): v[1] for k, v in _CODECS.items()}
@@ -447,7 +492,7 @@ class Message:
         MESSAGE-INTEGRITY-SHA256 if asked, then FINGERPRINT, last and in that order
         (RFC 8489 §14.5-§14.7). Those three are never taken from ``attributes``.
 
-        Raises ValueError (or TypeError) for values that cannot be encoded: the caller's fault.
+        Raises ValueError or TypeError for values that cannot be encoded: the caller's fault.
         """
         tid = self.transaction_id
         if len(tid) != 12:
@@ -459,19 +504,22 @@ class Message:
             mtype = message_type(self.method, self.cls)
         encoders = _ENCODERS
         parts = []
-        for atype, value in self.attributes.items():
-            encoder = encoders.get(atype)
-            if encoder is None:
-                parts.append(_enc_bytes(atype, value, tid))
-            elif atype not in _COMPUTED:
-                parts.append(encoder(atype, value, tid))
+        try:
+            for atype, value in self.attributes.items():
+                encoder = encoders.get(atype)
+                if encoder is None:
+                    parts.append(_enc_bytes(atype, value, tid))
+                elif atype not in _COMPUTED:
+                    parts.append(encoder(atype, value, tid))
+        except struct.error as exc:  # an out-of-range number: the caller's fault
+            raise ValueError(f"cannot encode attribute 0x{atype:04x}: {exc}") from exc
         body = b"".join(parts)
         if len(body) > 0xFFFF - 72:
             raise ValueError("STUN message too long")
         if integrity_key is not None:
             # RFC 8489 §14.5: the length covers up to the end of MESSAGE-INTEGRITY itself.
             head = _HEADER.pack(mtype, len(body) + 24, MAGIC_COOKIE, tid)
-            body += _MI_HEAD + hmac.digest(integrity_key, head + body, "sha1")
+            body += _MI_HEAD + _hmac_sha1(integrity_key, head + body)
         if integrity_sha256_key is not None:
             head = _HEADER.pack(mtype, len(body) + 36, MAGIC_COOKIE, tid)
             mac = hmac.digest(integrity_sha256_key, head + body, "sha256")
@@ -491,65 +539,88 @@ class Message:
         return [a for a in self.attributes if a < 0x8000 and a not in _KNOWN_ATTRS]
 
 
-def decode(data: bytes) -> Message:
+def decode(data: bytes | bytearray | memoryview) -> Message:
     """Parse one STUN message and check its FINGERPRINT if it has one.
 
     Attributes after MESSAGE-INTEGRITY other than MESSAGE-INTEGRITY-SHA256 and FINGERPRINT are
     ignored (RFC 8489 §14.5, §14.6); FINGERPRINT must be last. Raises only :class:`StunError`.
     """
+    # One function on purpose: a Python call per message or per attribute is a measurable part
+    # of the cost, so the common value types are decoded inline.
     try:
-        return _decode(data)
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = len(data)
+        if size < 20:
+            raise StunError("shorter than a STUN header")
+        mtype, length, cookie = _HEADER3.unpack_from(data)
+        if mtype & 0xC000 or cookie != MAGIC_COOKIE or length + 20 != size or length & 3:
+            raise StunError(_header_problem(mtype, length, cookie, size))
+        tid = data[8:20]
+        attributes: dict[int, Any] = {}
+        kinds = _KINDS
+        unpack_head = _TLV_HEAD.unpack_from
+        pos = 20
+        # An attribute that overruns the message is caught once after the loop (a value read
+        # past the end raises struct.error first).
+        while pos < size:
+            atype, alen = unpack_head(data, pos)
+            kind = kinds.get(atype, _K_OPAQUE)
+            if kind == _K_SPECIAL:
+                break
+            start = pos + 4
+            pos = start + ((alen + 3) & -4)
+            if kind == _K_TEXT:
+                value: Any = data[start:start + alen].decode()
+            elif kind == _K_U32:
+                if alen != 4:
+                    raise StunError(f"attribute 0x{atype:04x} of length {alen}, expected 4")
+                value = _U32.unpack_from(data, start)[0]
+            elif kind == _K_OPAQUE:
+                value = data[start:start + alen]
+            elif kind == _K_U64:
+                if alen != 8:
+                    raise StunError(f"attribute 0x{atype:04x} of length {alen}, expected 8")
+                value = _U64.unpack_from(data, start)[0]
+            elif kind == _K_FLAG:
+                if alen:
+                    raise StunError(f"flag attribute 0x{atype:04x} of length {alen}")
+                value = True
+            else:
+                value = _DECODERS[atype](data, start, alen, tid)
+            if atype not in attributes:
+                attributes[atype] = value
+        else:
+            if pos != size:
+                raise StunError("last attribute overruns the message")
+            pair = _TYPE_TO_PAIR.get(mtype) or _split_type(mtype)
+            return Message(pair[0], pair[1], tid, attributes, data)
+        pair = _TYPE_TO_PAIR.get(mtype) or _split_type(mtype)
+        if size - pos == 32:
+            # Fast path for the usual ending: MESSAGE-INTEGRITY then FINGERPRINT.
+            mi_type, mi_len, mac, fp_type, fp_len, crc = _TAIL_MI_FP.unpack_from(data, pos)
+            if mi_type == _MI and mi_len == 20 and fp_type == _FP and fp_len == 4:
+                if zlib.crc32(data[:pos + 24]) ^ FINGERPRINT_XOR != crc:
+                    raise StunError("FINGERPRINT mismatch")
+                attributes[_MI] = mac
+                attributes[_FP] = data[pos + 28:]
+                return Message(pair[0], pair[1], tid, attributes, data, pos)
+        integrity_at, sha256_at = _decode_tail(data, pos, attributes)
+        return Message(pair[0], pair[1], tid, attributes, data, integrity_at, sha256_at)
     except StunError:
         raise
     except (ValueError, TypeError, IndexError, KeyError, struct.error) as exc:
         raise StunError(f"malformed STUN message: {exc}") from exc
 
 
-def _decode(data: bytes) -> Message:
-    if type(data) is not bytes:
-        data = bytes(data)
-    size = len(data)
-    if size < 20:
-        raise StunError("shorter than a STUN header")
-    mtype, length, cookie = _HEADER3.unpack_from(data)
+def _header_problem(mtype: int, length: int, cookie: int, size: int) -> str:
     if mtype & 0xC000:
-        raise StunError("the two top bits of a STUN message are not zero")
+        return "the two top bits of a STUN message are not zero"
     if cookie != MAGIC_COOKIE:
-        raise StunError("bad magic cookie")
+        return "bad magic cookie"
     if length + 20 != size:
-        raise StunError(f"length field {length} does not match {size - 20} bytes of attributes")
-    if length & 3:
-        raise StunError("length not a multiple of 4")
-    tid = data[8:20]
-    attributes: dict[int, Any] = {}
-    decoders = _DECODERS
-    unpack_head = _TLV_HEAD.unpack_from
-    special = _COMPUTED
-    pos = 20
-    # The hot loop does the least per attribute; the attribute that overruns the message is
-    # caught once after the loop (a decoder reading past the end raises struct.error first).
-    while pos < size:
-        atype, alen = unpack_head(data, pos)
-        start = pos + 4
-        if atype in special:
-            break
-        pos = start + ((alen + 3) & -4)
-        decoder = decoders.get(atype)
-        if atype not in attributes:
-            attributes[atype] = (data[start:start + alen] if decoder is None
-                                 else decoder(data, start, alen, tid))
-        elif decoder is not None:
-            decoder(data, start, alen, tid)  # still validated
-    else:
-        if pos != size:
-            raise StunError("last attribute overruns the message")
-        method, cls = _split_type(mtype)
-        return Message(method, cls, tid, attributes, data)
-    if pos + 4 + ((alen + 3) & -4) > size:
-        raise StunError("attribute overruns the message")
-    integrity_at, sha256_at = _decode_tail(data, pos, attributes)
-    method, cls = _split_type(mtype)
-    return Message(method, cls, tid, attributes, data, integrity_at, sha256_at)
+        return f"length field {length} does not match {size - 20} bytes of attributes"
+    return "length not a multiple of 4"
 
 
 def _decode_tail(data: bytes, pos: int, attributes: dict[int, Any]) -> tuple[int, int]:
@@ -581,9 +652,6 @@ def _decode_tail(data: bytes, pos: int, attributes: dict[int, Any]) -> tuple[int
         elif atype == _MI256 and sha256_at < 0:
             attributes[_MI256] = _dec_mi256(data, start, alen, b"")
             sha256_at = pos
-        elif integrity_at < 0 and sha256_at < 0:
-            # Only reachable when the first special attribute seen is not one of the three.
-            raise StunError("unexpected attribute state")
         pos = following
     return integrity_at, sha256_at
 
@@ -609,8 +677,13 @@ def verify_integrity(message: Message, key: bytes) -> bool:
     pos = message.integrity_offset
     if pos < 0:
         return False
-    head = raw[:2] + _U16.pack(pos + 4) + raw[4:pos]
-    return hmac.compare_digest(hmac.digest(key, head, "sha1"), raw[pos + 4:pos + 24])
+    # _hmac_sha1 inlined: this runs for every request and response on the hot path.
+    pads = _SHA1_PADS.get(key) or _sha1_pads(key)
+    inner = pads[0].copy()
+    inner.update(raw[:2] + _U16.pack(pos + 4) + raw[4:pos])
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return hmac.compare_digest(outer.digest(), raw[pos + 4:pos + 24])
 
 
 def short_term_key(password: str) -> bytes:
