@@ -89,7 +89,7 @@ async def run_demo(reactor: Any, *, components: int = 2, nomination: str = "regu
                    seed: int | None = None) -> dict[str, Any]:
     """Run the demo and return its report (``report["ok"]`` tells success)."""
     rng: random.Random = random.Random(seed) if seed is not None else random.SystemRandom()
-    stun_port = listen_stun(reactor, 0, "127.0.0.1")
+    stun_port: Any = listen_stun(reactor, 0, "127.0.0.1")
     stun = ("127.0.0.1", int(stun_port.getHost().port))
     alice = _side("alice", True, stun, components, reactor, rng, nomination)
     bob = _side("bob", False, stun, components, reactor, rng, nomination)
@@ -156,7 +156,9 @@ async def run_demo(reactor: Any, *, components: int = 2, nomination: str = "regu
                 "timeline": [e.to_dict() for e in side.events],
             }
             side.transport.close()
-        await stun_port.stopListening()
+        stopped = stun_port.stopListening()
+        if stopped is not None:
+            await stopped
 
 
 def _pair_text(pair: Any) -> str | None:
@@ -181,7 +183,7 @@ def _pair(pair: dict[str, Any]) -> str:
 def describe_event(entry: dict[str, Any]) -> str:
     """One readable line for an ICE event in its ``to_dict()`` form."""
     kind = entry["event"]
-    pair = entry.get("pair")
+    pair: dict[str, Any] = entry.get("pair") or {}
     if kind == "CandidateGathered":
         return str(entry["candidate"]["sdp"])
     if kind == "CheckSent":
@@ -198,7 +200,7 @@ def describe_event(entry: dict[str, Any]) -> str:
         return f"{_pair(pair)}{nominate} -> {entry['response']}"
     if kind == "PairStateChanged":
         return f"{_pair(pair)} {entry['old']} -> {entry['new']} ({entry['cause']})"
-    if pair is not None:
+    if pair:
         return _pair(pair)
     rest = {k: v for k, v in entry.items() if k not in ("event", "at")}
     return ", ".join(f"{k}={v}" for k, v in rest.items())
