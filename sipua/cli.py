@@ -8,7 +8,7 @@ documented exit code (:mod:`sipua.exitcodes`), never as a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -72,6 +72,48 @@ def demo(nomination: str, components: int, as_json: bool, seed: int | None) -> N
     code = int(result.get("exit_code", ExitCode.FAILURE))
     if code:
         sys.exit(code)
+
+
+@cli.command("stun-server")
+@click.option("--listen", "listen", default="127.0.0.1:3478", show_default=True,
+              metavar="HOST[:PORT]", help="UDP address to serve STUN Binding on.")
+@click.option("--software", default=None, help="SOFTWARE attribute to put in answers.")
+def stun_server(listen: str, software: str | None) -> None:
+    """Run the embedded STUN server (RFC 8489 Binding) until interrupted."""
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    from ice.server import StunServerSettings
+    from ice.server_udp import listen_stun
+
+    host, port = _split_hostport(listen, default_port=3478)
+    try:
+        listening: Any = listen_stun(reactor, port, host, StunServerSettings(software=software))
+    except CannotListenError as exc:
+        raise UserError(f"cannot listen on {listen}: {exc.socketError}",
+                        ExitCode.FAILURE) from None
+    bound = listening.getHost()
+    click.echo(f"STUN server listening on {bound.host}:{bound.port} (Ctrl-C to stop)")
+    cast(Any, reactor).run()
+
+
+def _split_hostport(text: str, *, default_port: int) -> tuple[str, int]:
+    """``HOST[:PORT]`` with IPv6 in brackets; a bad form is the user's mistake."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise UserError(f"expected HOST[:PORT], got {text!r}")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise UserError(f"expected HOST[:PORT], got {text!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UserError(f"bad port in {text!r}: expected 0-65535")
+    return host, int(port_text)
 
 
 def _register_subcommands() -> None:
