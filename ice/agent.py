@@ -103,8 +103,17 @@ class IceSettings:
     #: How the controlling agent nominates: "regular" (RFC 8445 §8.1.1) or "aggressive"
     #: (USE-CANDIDATE on every check, RFC 5245 §8.1.1.2).
     nomination: str = "regular"
-    #: Pacing interval Ta between checks, ordinary and triggered together (RFC 8445 §14.2).
-    ta: float = 0.05
+    #: Pacing interval Ta between ordinary checks (RFC 8445 §14.2: 50 ms by default, "MAY use
+    #: another value based on the characteristics of the associated data"). 20 ms is what
+    #: RFC 5245 §16.1 computes for one audio stream: a STUN check is smaller than an RTP packet
+    #: sent every 20 ms, so checking at that rate adds no more load than the call itself.
+    ta: float = 0.02
+    #: Send a check that answers the peer's check, and the nominating check, at once instead of
+    #: waiting for the next Ta slot. RFC 5245 §7.2.1.4 retransmits an in-progress check at once
+    #: when the peer's check arrives, "to facilitate rapid completion of ICE when both agents
+    #: are behind NAT"; these checks are bounded by the peer's own pacing. False gives strict
+    #: RFC 8445 pacing of every check.
+    fast_checks: bool = True
     #: ICE-lite (RFC 8445 §2.5): host candidates only, answers checks, never sends them.
     lite: bool = False
     #: STUN servers for server-reflexive candidates (RFC 8445 §5.1.1.2).
@@ -812,8 +821,20 @@ class Agent:
             pair = self._new_pair(local, remote, now)
             self.checklist.set_state(pair, PairState.WAITING, "triggered (new pair)", now)
             self._triggered.append((pair, False))
+            self._send_triggered_now(pair, False, now)
             return pair
         if pair.state is PairState.SUCCEEDED:
+            return pair
+        if pair.state is PairState.IN_PROGRESS and self.settings.fast_checks:
+            # RFC 5245 §7.2.1.4: retransmit the check in progress at once (same transaction):
+            # the peer's check just opened its NAT towards us, so this copy can get through.
+            for check in self._checks.values():
+                if check.pair is pair and not check.cancelled and not check.consent:
+                    self._send_from(pair.base, pair.remote.address, check.transaction.data, now)
+                    self._events.append(CheckSent(
+                        at=now, pair=pair.snapshot(),
+                        transaction_id=check.transaction.transaction_id.hex(),
+                        use_candidate=check.use_candidate, retransmission=True, triggered=True))
             return pair
         if pair.state is PairState.IN_PROGRESS:
             # Stop retransmitting but still accept its response; a new check goes first.
@@ -825,7 +846,33 @@ class Agent:
         self.checklist.set_state(pair, PairState.WAITING, "triggered", now)
         if all(p is not pair for p, _ in self._triggered):
             self._triggered.append((pair, False))
+        self._send_triggered_now(pair, False, now)
         return pair
+
+    def _send_triggered_now(self, pair: CandidatePair, nominate: bool, now: float) -> None:
+        """With ``fast_checks``, send a queued triggered check now rather than in the next Ta
+        slot (see :attr:`IceSettings.fast_checks`)."""
+        if not self.settings.fast_checks or not self._can_check() or not self._eligible(pair):
+            return
+        allowed = (PairState.WAITING, PairState.FROZEN, PairState.FAILED)
+        if pair.state not in allowed and not (nominate and pair.state is PairState.SUCCEEDED):
+            return
+        for index, (queued, _) in enumerate(self._triggered):
+            if queued is pair:
+                del self._triggered[index]
+                break
+        every = use_candidate_on_every_check(self._nomination, self._controlling)
+        self._send_check(pair, now, use_candidate=nominate or self._may_nominate(pair, every),
+                         triggered=True)
+
+    def _may_nominate(self, pair: CandidatePair, every: bool) -> bool:
+        """Aggressive nomination: USE-CANDIDATE on every check, except on pairs below the one
+        already selected for the component, so that a late check on a worse path (a relay)
+        cannot make the controlled side switch down to it."""
+        if not every:
+            return False
+        selected = self._selected.get(pair.component)
+        return selected is None or pair.priority >= selected.priority
 
     def _lite_pair(self, pair: CandidatePair | None, local: Candidate, remote: Candidate,
                    now: float) -> CandidatePair | None:
@@ -1096,7 +1143,7 @@ class Agent:
             if not self._eligible(pair):
                 skipped.append((pair, nominate))
                 continue
-            found = (pair, nominate or every, True)
+            found = (pair, nominate or self._may_nominate(pair, every), True)
             break
         self._triggered.extendleft(reversed(skipped))
         if found is not None:
@@ -1107,7 +1154,7 @@ class Agent:
                              if p.state is PairState.WAITING and self._eligible(p)), None)
         if ordinary is None:
             return None
-        return ordinary, every, False
+        return ordinary, self._may_nominate(ordinary, every), False
 
     def _has_check_work(self) -> bool:
         if any(self._eligible(p) for p, _ in self._triggered):
@@ -1184,6 +1231,7 @@ class Agent:
                 log.info("agent %s: nominating %r", self.local_ufrag, choice)
                 self._nominating[component] = origin
                 self._triggered.appendleft((origin, True))
+                self._send_triggered_now(origin, True, now)
             elif deadline is not None:
                 self._settle_deadline = deadline if self._settle_deadline is None else min(
                     deadline, self._settle_deadline)
