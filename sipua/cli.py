@@ -38,12 +38,13 @@ def cli() -> None:
 @cli.command()
 @click.option("--nomination", type=click.Choice(["regular", "aggressive"]), default="regular",
               show_default=True, help="How the controlling agent nominates.")
-@click.option("--components", type=click.IntRange(1, 2), default=2, show_default=True,
-              help="1 = RTP and RTCP multiplexed, 2 = separate RTCP component.")
+@click.option("--rtcp-mux/--no-rtcp-mux", default=False, show_default=True,
+              help="Multiplex RTCP with RTP on one component (else a second component).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--seed", type=int, default=None, help="Seed the random source (repeatable runs).")
-def demo(nomination: str, components: int, as_json: bool, seed: int | None) -> None:
-    """Run two agents on this machine through the embedded STUN server and check media flows."""
+def demo(nomination: str, rtcp_mux: bool, as_json: bool, seed: int | None) -> None:
+    """Place a real call with ICE between two agents through the embedded registrar and STUN
+    server on this machine, play a tone each way and check what arrived."""
     import json
 
     from rich.console import Console
@@ -56,7 +57,7 @@ def demo(nomination: str, components: int, as_json: bool, seed: int | None) -> N
 
     def run(reactor: Any) -> Deferred[None]:
         async def go() -> None:
-            result.update(await run_demo(reactor, components=components, nomination=nomination,
+            result.update(await run_demo(reactor, nomination=nomination, rtcp_mux=rtcp_mux,
                                          seed=seed))
         return Deferred.fromCoroutine(go())
 
