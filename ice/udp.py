@@ -6,6 +6,9 @@ there (the first-byte demultiplexing of RFC 7983), and whatever is left (RTP/RTC
 command's PINGs) comes back as :class:`~ice.agent.AppData` for the media layer. STUN, TURN and
 media therefore share the socket ICE selected, as they must for the NAT binding to be the one the
 checks opened.
+
+Packet taps (:func:`add_tap`) see every datagram sent or received by every transport of the
+process, as a capture on the host would: ``--pcap`` writes them to a file.
 """
 
 from __future__ import annotations
@@ -23,6 +26,29 @@ from ice.driver import CoreDriver, ReactorTime
 from ice.events import IceEvent
 
 log = logging.getLogger(__name__)
+
+#: ``tap(data, local, remote, outgoing)``: one datagram as it left or reached a socket.
+DatagramTap = Callable[[bytes, tuple[str, int], tuple[str, int], bool], None]
+_taps: list[DatagramTap] = []
+
+
+def add_tap(tap: DatagramTap) -> None:
+    """Show every datagram of every ICE transport in this process to ``tap``."""
+    _taps.append(tap)
+
+
+def remove_tap(tap: DatagramTap) -> None:
+    """Stop showing datagrams to ``tap`` (absent: nothing happens)."""
+    if tap in _taps:
+        _taps.remove(tap)
+
+
+def _tap(data: bytes, local: tuple[str, int], remote: tuple[str, int], outgoing: bool) -> None:
+    for tap in list(_taps):
+        try:
+            tap(data, local, remote, outgoing)
+        except Exception:  # a capture must never break the call
+            log.exception("packet tap failed")
 
 
 class ListeningPort(Protocol):
@@ -106,6 +132,8 @@ class IceUdpTransport:
         return bound
 
     def datagram_received(self, base: LocalBase, data: bytes, source: tuple[str, int]) -> None:
+        if _taps:
+            _tap(data, base.address, source, False)
         try:
             app = self.agent.receive(data, source, base, self.now())
         except Exception:  # the agent must never raise on input; if it does, keep the reactor
@@ -134,6 +162,8 @@ class IceUdpTransport:
             return
         try:
             port.write(transmit.data, transmit.dest)
+            if _taps:
+                _tap(transmit.data, transmit.via.address, transmit.dest, True)
         except OSError as exc:
             # Unreachable networks are normal while checking pairs (an IPv6 or a foreign private
             # address): count, do not propagate.

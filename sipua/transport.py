@@ -15,6 +15,7 @@ right socket or connection.
   Via/From/To/Call-ID/CSeq could be read, else dropped and counted.
 - Responses' ``received``/``rport`` reveal the public address behind a NAT
   (:class:`PublicAddressLearned`), for Contact.
+- :attr:`SipTransport.taps` see every message sent and received (``--log-sip``, ``--pcap``).
 
 The reactor is injected, so the same adapter runs on ``task.Clock`` fakes, the virtual network of
 ``tests/sim`` and the real reactor.
@@ -62,8 +63,8 @@ from sipua.transaction import (
 )
 
 __all__ = [
-    "FlowFailed", "PublicAddressLearned", "SipTransport", "TransportEvent", "TransportSettings",
-    "TransportStats",
+    "FlowFailed", "PublicAddressLearned", "SipTap", "SipTransport", "TransportEvent",
+    "TransportSettings", "TransportStats",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,9 @@ class FlowFailed:
 
 
 TransportEvent = PublicAddressLearned | FlowFailed
+
+#: ``tap(data, local, remote, outgoing, transport)``: one SIP message as sent or received.
+SipTap = Callable[[bytes, Address, Address, bool, str], None]
 
 
 @dataclass
@@ -229,6 +233,8 @@ class _Flow(Protocol):
                 self._pong_call.cancel()
             self._pong_call = None
         for message in messages:
+            if self.owner.taps:
+                self.owner._tap(message.encode(), self.remote, False, self.name)
             self.owner._message(message, self.remote, self.name)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -344,6 +350,8 @@ class SipTransport:
         self._flows: dict[tuple[str, Address], _Flow] = {}
         self._tls_names: dict[Address, str] = {}
         self._client_tls: Any = None
+        #: Called with every message sent and received (see :data:`SipTap`).
+        self.taps: list[SipTap] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -480,6 +488,9 @@ class SipTransport:
                 self._udp.write(transmit.data, transmit.dest)
             except (OSError, error.MessageLengthError, error.InvalidAddressError) as exc:
                 self._fail(transmit.tx_id, f"UDP send to {transmit.dest} failed: {exc}")
+                return
+            if self.taps:
+                self._tap(transmit.data, transmit.dest, True, "udp")
             return
         if t not in ("tcp", "tls"):
             self._fail(transmit.tx_id, f"unsupported transport {t!r}")
@@ -493,6 +504,19 @@ class SipTransport:
         if transmit.tx_id is not None and not transmit.data.startswith(b"SIP/2.0 "):
             flow.tx_ids.add(transmit.tx_id)
         flow.send(transmit.data, transmit.tx_id)
+        if self.taps:
+            self._tap(transmit.data, flow.remote, True, t)
+
+    def _tap(self, data: bytes, remote: Address, outgoing: bool, transport: str) -> None:
+        try:
+            local = self.local_address(transport)
+        except ValueError:
+            local = (self.settings.advertised_host or self.settings.host, 0)
+        for tap in list(self.taps):
+            try:
+                tap(data, local, remote, outgoing, transport)
+            except Exception:  # a capture or a log must never break signalling
+                log.exception("SIP tap failed")
 
     def _fail(self, tx_id: str | None, reason: str) -> None:
         """Inside the driver's loop: tell the layer; the loop delivers what follows."""
@@ -549,6 +573,8 @@ class SipTransport:
     def _datagram(self, data: bytes, source: Address) -> None:
         if not data.strip(b"\r\n\x00"):
             return  # a keepalive on UDP: nothing to answer (RFC 5626 uses STUN there)
+        if self.taps:
+            self._tap(data, source, False, "udp")
         try:
             message = parse(data)
             if isinstance(message, Request):
@@ -565,11 +591,16 @@ class SipTransport:
                 self._udp.write(data, dest)
             except (OSError, error.MessageLengthError) as exc:
                 log.info("UDP send to %s failed: %s", dest, exc)
+                return
+            if self.taps:
+                self._tap(data, dest, True, "udp")
 
     def _stream_error(self, flow: _Flow, exc: SipParseError, data: bytes) -> None:
         def answer(resp: Response) -> None:
             if flow.transport is not None:
                 flow._link().write(resp.encode())
+                if self.taps:
+                    self._tap(resp.encode(), flow.remote, True, flow.name)
         self._bad_message(exc, data, answer, flow.remote)
 
     def _bad_message(self, exc: SipParseError, data: bytes, answer: Callable[[Response], None],

@@ -121,8 +121,11 @@ class UserAgent:
             host, port = ua.listen_addresses()[0]
             wildcard = _is_ip(host) and ipaddress.ip_address(host).is_unspecified
             advertised = self.media_addresses()[0] if wildcard else None
+            # Without a certificate TLS is client-only: requests go out over TLS and the
+            # answers come back on the same connection (RFC 3261 §18.2.2).
+            listening = tuple(t for t in ua.transports if t != "tls" or ua.tls_cert_file)
             tsettings = TransportSettings(
-                host=host, port=5060 if port is None else port, transports=ua.transports,
+                host=host, port=5060 if port is None else port, transports=listening,
                 tls_cert_file=ua.tls_cert_file, tls_key_file=ua.tls_key_file,
                 tls_ca_file=ua.tls_ca_file, tls_verify=ua.tls_verify,
                 advertised_host=advertised, keepalive_interval=ua.keepalive_interval,
@@ -431,18 +434,23 @@ class CommandOptions:
     duration: float | None = 5.0
     timeout: float = 10.0
     as_json: bool = False
+    #: SIP transport for requests: "udp", "tcp" or "tls".
+    transport: str = "udp"
 
 
-def command_settings(opts: CommandOptions) -> Settings:
-    """Settings from the configuration (file < environment) with the command line on top."""
+def command_settings(opts: CommandOptions, base: Settings | None = None) -> Settings:
+    """Settings from the configuration (``base``, else file < environment) with the command
+    line on top."""
     import dataclasses
 
     from sipua.errors import UserError
     from sipua.settings import SettingError, TurnServer
 
-    base = Settings.load()
+    base = Settings.load() if base is None else base
     try:
-        ua = dataclasses.replace(base.ua, listen=(opts.listen,), transports=("udp",))
+        transports = {"udp": ("udp",), "tcp": ("udp", "tcp"),
+                      "tls": ("udp", "tcp", "tls")}[opts.transport]
+        ua = dataclasses.replace(base.ua, listen=(opts.listen,), transports=transports)
         ice = base.ice
         if opts.stun is not None:
             ice = dataclasses.replace(ice, stun_servers=(opts.stun,))
@@ -464,10 +472,20 @@ def command_settings(opts: CommandOptions) -> Settings:
                     shown = f"[{domain}]" if ":" in domain else domain
                     uri = f"sip:{uri}@{shown}"
             accounts = (Account(name="cli", uri=uri, password=opts.password,
-                                registrar=opts.registrar,
+                                registrar=opts.registrar, transport=opts.transport,
                                 register=opts.registrar is not None),)
         elif opts.registrar is not None:
             raise UserError("--registrar needs --user")
+        elif accounts:
+            accounts = tuple(a if a.transport in transports else
+                             dataclasses.replace(a, transport=opts.transport) for a in accounts)
+        elif opts.transport != "udp":
+            host = parse_hostport(opts.listen, allow_port_zero=True)[0]
+            if not _is_ip(host) or ipaddress.ip_address(host).is_unspecified:
+                host = "localhost"
+            shown = f"[{host}]" if ":" in host else host
+            accounts = (Account(name="cli", uri=f"sip:sipua@{shown}", register=False,
+                                transport=opts.transport),)
         return dataclasses.replace(base, ua=ua, ice=ice, accounts=accounts)
     except (SettingError, ValueError) as exc:
         if isinstance(exc, UserError):
@@ -549,25 +567,31 @@ def _error_code(exc: BaseException) -> tuple[int, str]:
     return int(ExitCode.FAILURE), f"{type(exc).__name__}: {exc}"
 
 
-def run_call_command(uri: str, opts: CommandOptions, *,
-                     emit: Callable[[str], None]) -> tuple[int, str]:
+def run_call_command(uri: str, opts: CommandOptions, *, emit: Callable[[str], None],
+                     settings: Settings | None = None, printer: Any = None,
+                     prepare: Callable[[UserAgent], None] | None = None) -> tuple[int, str]:
     """`sipua call URI`: call, wait for media, keep the call ``duration`` seconds, hang up.
-    Returns (exit code, message)."""
+    Returns (exit code, message). ``settings`` is the loaded configuration (else it is loaded
+    here), ``printer`` what prints events and reports, ``prepare`` is called with the started
+    user agent before anything is sent (captures, SIP logs)."""
     from twisted.internet import task
 
     from media.sinks import NullSink, WavSink
 
-    settings = command_settings(opts)
-    printer = _Printer(emit, opts.as_json)
+    settings = command_settings(opts, settings)
+    printer = printer if printer is not None else _Printer(emit, opts.as_json)
     outcome: list[tuple[int, str]] = []
 
     async def go(reactor: Any) -> None:
         ua = UserAgent(settings, reactor)
         ua.subscribe(printer.event)
         await ua.start()
+        if prepare is not None:
+            prepare(ua)
         call: Call | None = None
         try:
-            if ua.account is not None and ua.account.registrar is not None:
+            if ua.account is not None and ua.account.registrar is not None \
+                    and ua.account.register:
                 await ua.register()
             sink: AudioSink = WavSink(opts.record) if opts.record else NullSink()
             call = await ua.call(uri, source=_source(opts), sink=sink)
@@ -596,22 +620,27 @@ def run_call_command(uri: str, opts: CommandOptions, *,
 
 
 def run_answer_command(opts: CommandOptions, *, max_calls: int, delay: float, code: int,
-                       emit: Callable[[str], None]) -> tuple[int, str]:
+                       emit: Callable[[str], None], settings: Settings | None = None,
+                       printer: Any = None, prepare: Callable[[UserAgent], None] | None = None
+                       ) -> tuple[int, str]:
     """`sipua answer`: auto-answer every call (until interrupted, or ``max_calls`` calls have
     ended); each answered call lasts at most ``duration`` seconds. Exit 0 when every answered
-    call had media."""
+    call had media. ``settings``, ``printer`` and ``prepare`` as for
+    :func:`run_call_command`."""
     from twisted.internet import task
 
     from media.sinks import NullSink, WavSink
 
-    settings = command_settings(opts)
-    printer = _Printer(emit, opts.as_json)
+    settings = command_settings(opts, settings)
+    printer = printer if printer is not None else _Printer(emit, opts.as_json)
     outcome: list[tuple[int, str]] = []
 
     async def go(reactor: Any) -> None:
         ua = UserAgent(settings, reactor)
         ua.subscribe(printer.event)
         await ua.start()
+        if prepare is not None:
+            prepare(ua)
         all_done: Deferred[None] = Deferred()
         count = [0]
         failures: list[str] = []
@@ -644,7 +673,8 @@ def run_answer_command(opts: CommandOptions, *, max_calls: int, delay: float, co
 
         ua.subscribe(on_event)
         try:
-            if ua.account is not None and ua.account.registrar is not None:
+            if ua.account is not None and ua.account.registrar is not None \
+                    and ua.account.register:
                 await ua.register()
             ua.auto_answer(delay=delay, code=code, source=lambda: _source(opts),
                            sink=sink_for, duration=opts.duration)
