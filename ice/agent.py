@@ -221,6 +221,17 @@ class _Consent:
     lost: bool = False
 
 
+def _path_of(pair: CandidatePair) -> str:
+    """The pair's foundation, except that a peer-reflexive remote candidate counts by its IP.
+
+    Each peer-reflexive candidate gets a foundation of its own (RFC 8445 §7.3.1.3), so the
+    RTP and RTCP checks that came in through one NAT would never share a foundation; what
+    they share is the NAT's address."""
+    if pair.remote.type is CandidateType.PRFLX:
+        return f"{pair.base.foundation}:prflx {pair.remote.address[0]}"
+    return pair.foundation
+
+
 class Agent:
     """One ICE agent for one data stream with ``components`` components (RFC 8445)."""
 
@@ -1222,7 +1233,8 @@ class Agent:
                      and p not in self._nomination_failed]
             choice, deadline = regular_choice(
                 valid, self.checklist.component_pairs(component),
-                self._first_valid_at.get(component), now, self.settings.nomination_settle)
+                self._first_valid_at.get(component), now, self.settings.nomination_settle,
+                self._proven(component, valid))
             if choice is not None:
                 origin = self._origin_of(choice)
                 if origin is None:
@@ -1235,6 +1247,26 @@ class Agent:
             elif deadline is not None:
                 self._settle_deadline = deadline if self._settle_deadline is None else min(
                     deadline, self._settle_deadline)
+
+    def _proven(self, component: int, valid: list[CandidatePair]) -> list[CandidatePair]:
+        """The valid pairs of ``component`` on the path of a pair already nominated (or being
+        nominated) for another component in this session: same foundation, see
+        :func:`_path_of`."""
+        if not valid or self.components == 1:
+            return []
+        paths = {_path_of(p) for c, p in self._nominating.items() if c != component}
+        for other in self._session_selected:
+            origin = self._origin_of(self._selected[other]) if other != component else None
+            if origin is not None:
+                paths.add(_path_of(origin))
+        if not paths:
+            return []
+        proven = []
+        for pair in valid:
+            origin = self._origin_of(pair)
+            if origin is not None and _path_of(origin) in paths:
+                proven.append(pair)
+        return proven
 
     def _origin_of(self, valid: CandidatePair) -> CandidatePair | None:
         """The check-list pair whose check produced ``valid`` (repeated with USE-CANDIDATE)."""

@@ -211,16 +211,19 @@ class CheckList:
 
     def initial_states(self, now: float) -> None:
         """RFC 8445 §6.1.2.6: per foundation, the pair with the lowest component ID (then the
-        highest priority) starts Waiting; every other pair stays Frozen."""
+        highest priority) starts Waiting; every other pair stays Frozen.
+
+        A pair that a triggered check started before this (a peer's check arrived before the
+        answer) still counts as its foundation's first: the pairs of the other components then
+        stay Frozen until it succeeds (§7.2.5.3.3), instead of being checked in parallel."""
         chosen: dict[str, CandidatePair] = {}
         for pair in self.pairs:  # sorted by priority, highest first
-            if pair.state is not PairState.FROZEN:
-                continue
             best = chosen.get(pair.foundation)
             if best is None or pair.component < best.component:
                 chosen[pair.foundation] = pair
         for pair in chosen.values():
-            self.set_state(pair, PairState.WAITING, "initial", now)
+            if pair.state is PairState.FROZEN:
+                self.set_state(pair, PairState.WAITING, "initial", now)
 
     def _state_for_new(self, pair: CandidatePair, now: float) -> None:
         """A pair added after checks began (trickle, RFC 8838 §11): Waiting unless another pair

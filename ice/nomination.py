@@ -4,7 +4,8 @@
   USE-CANDIDATE. The choice is made as soon as waiting cannot give a better pair (the best valid
   pair outranks every pair still in play), or after a short settle time counted from the first
   valid pair, so that a pair that will never answer (a host pair across two private networks)
-  does not hold the call up for the 39.5 s of its transaction.
+  does not hold the call up for the 39.5 s of its transaction. A component whose valid pair
+  follows the path already nominated for another component does not wait at all.
 * Aggressive (controlling): USE-CANDIDATE on every check; the first success is nominated.
 * Controlled (and lite): follow the peer; select the highest-priority nominated valid pair and
   switch when a better one is nominated later.
@@ -33,6 +34,7 @@ def use_candidate_on_every_check(mode: Nomination, controlling: bool) -> bool:
 def regular_choice(
     valid: Iterable[CandidatePair], pending: Iterable[CandidatePair],
     first_valid_at: float | None, now: float, settle: float,
+    proven: Iterable[CandidatePair] = (),
 ) -> tuple[CandidatePair | None, float | None]:
     """Pick the valid pair to nominate now, or say when to ask again.
 
@@ -40,7 +42,14 @@ def regular_choice(
     higher-priority pair is still in play while it is Frozen or Waiting, or In-Progress for less
     than twice the best valid pair's RTT (plus 5 ms): a check unanswered for longer than that
     most likely went where nothing listens. Returns ``(pair, None)`` to nominate now,
-    ``(None, when)`` to ask again at ``when``, or ``(None, None)`` with nothing to nominate."""
+    ``(None, when)`` to ask again at ``when``, or ``(None, None)`` with nothing to nominate.
+
+    ``proven`` are the valid pairs on the path (the foundation) of a pair already nominated
+    for another component. Pairs of one foundation share their fate (RFC 8445 §6.1.2.6), so
+    a better pair still in play for this component would most likely have done better for
+    the other one too: rather than wait for it, the best proven pair is nominated at once,
+    and RTP and RTCP take the same kind of path (§8.1.1 leaves the choice of the pair to the
+    controlling agent)."""
     candidates = list(valid)
     if not candidates or first_valid_at is None:
         return None, None
@@ -62,6 +71,9 @@ def regular_choice(
                 wake = min(wake, pair.first_check_at + patience)
     if not better_possible or now >= deadline:
         return best, None
+    followed = [p for p in proven if p in candidates]
+    if followed:
+        return max(followed, key=lambda p: p.priority), None
     return None, wake
 
 

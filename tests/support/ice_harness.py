@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from ice.agent import Agent, IceSettings
 from ice.candidate import Address, AppData, LocalBase
-from ice.events import IceEvent
+from ice.events import IceEvent, PairSelected
 from ice.stun import (
     Attr,
     Message,
@@ -225,6 +225,41 @@ def connect(net: Network, a: str, b: str, now: float | None = None) -> None:
     first.start_checks(t)
     second.start_checks(t)
     net.flush()
+
+
+def offer_answer(net: Network, offerer: str, answerer: str, answer_delay: float) -> None:
+    """Signalling as a call does it: the answerer gets the offer and starts checks now; the
+    offerer gets the answer ``answer_delay`` later, so the answerer's first checks may reach
+    it before it knows the answerer's candidates (they make peer-reflexive ones)."""
+    first, second = net.agent(offerer), net.agent(answerer)
+    for me, peer in ((second, first), (first, second)):
+        me.set_remote_credentials(peer.local_ufrag, peer.local_pwd, lite=peer.settings.lite)
+        for cand in peer.local_candidates:
+            me.add_remote_candidate(cand, net.now)
+        me.end_of_remote_candidates(net.now)
+        me.start_checks(net.now)
+        net.flush()
+        if me is second:
+            net.run(net.now + answer_delay)
+
+
+def add_components(net: Network, name: str, ip: str, port: int, components: int) -> None:
+    """Give agent ``name`` one socket per component at ``ip``, ports ``port``, ``port + 1``..."""
+    agent = net.agent(name)
+    for component in range(1, components + 1):
+        net.add_agent(name, agent, [(ip, port + component - 1)], component=component)
+
+
+def selected_at(net: Network, name: str, component: int) -> float | None:
+    """When agent ``name`` first selected a pair for ``component`` (None if it did not)."""
+    return next((e.at for e in net.events(name)
+                 if isinstance(e, PairSelected) and e.component == component), None)
+
+
+def all_selected(net: Network, components: int) -> Callable[[], bool]:
+    """A stop condition: every agent has a selected pair for every component."""
+    return lambda: all(h.agent.selected_pair(c) is not None for h in net.hosts.values()
+                       for c in range(1, components + 1))
 
 
 def two_agents(

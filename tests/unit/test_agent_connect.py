@@ -12,6 +12,7 @@ from ice.candidate import CandidateType
 from ice.events import (
     CandidateGathered,
     CheckSent,
+    CheckSucceeded,
     GatheringCompleted,
     IceCompleted,
     LocalCandidateLearned,
@@ -20,7 +21,16 @@ from ice.events import (
     PairStateChanged,
     RemoteCandidateLearned,
 )
-from tests.support.ice_harness import both_selected, connect, of_type, two_agents
+from tests.support.ice_harness import (
+    add_components,
+    all_selected,
+    both_selected,
+    connect,
+    of_type,
+    offer_answer,
+    selected_at,
+    two_agents,
+)
 
 
 @pytest.mark.parametrize("nomination", ["regular", "aggressive"])
@@ -233,6 +243,56 @@ def test_two_components_unfreeze_and_complete_together() -> None:
     selected = of_type(events, PairSelected)
     assert len(completed) == 1 and completed[0].at == max(s.at for s in selected)
     assert {s.component for s in selected} == {1, 2}
+
+
+@pytest.mark.parametrize("nomination", ["regular", "aggressive"])
+def test_two_components_behind_nat_complete_within_one_ta(nomination: str) -> None:
+    """Both agents behind NATs, RTP and RTCP: the host pairs never answer, the srflx path does.
+    Component 2 follows component 1 on the same path within one Ta plus one round trip on
+    both sides: its pair is unfrozen by component 1's success and, once valid, nominated at
+    once instead of waiting for its own hopeless higher-priority host pair."""
+    stun = ("192.0.2.100", 3478)
+    settings = IceSettings(stun_servers=(stun,), nomination=nomination, ta=0.02)
+    net = two_agents(a=settings, b=settings, a_addresses=(), b_addresses=(), components=2,
+                     delay=0.005, seed=5)
+    net.stun_servers.add(stun)
+    for name, ip, public, port in (("a", "10.0.0.1", "198.51.100.1", 61000),
+                                   ("b", "10.0.0.2", "203.0.113.2", 62000)):
+        add_components(net, name, ip, 1000, 2)
+        net.nat((ip, 1000), (public, port))
+        net.nat((ip, 1001), (public, port + 1))
+        net.agent(name).start_gathering(net.now)
+    net.run(1.0, stop=lambda: all(h.agent.gathering_complete for h in net.hosts.values()))
+    start = net.now
+    connect(net, "a", "b")
+    assert net.run(start + 2.0, stop=all_selected(net, 2))
+    for name in ("a", "b"):
+        first, second = selected_at(net, name, 1), selected_at(net, name, 2)
+        assert first is not None and second is not None
+        assert second - first <= 0.02 + 0.01 + 1e-9, (name, first - start, second - start)
+        pairs = [net.agent(name).selected_pair(c) for c in (1, 2)]
+        assert all(p is not None and p.local.type is CandidateType.SRFLX for p in pairs)
+
+
+def test_two_components_offer_answer_order_within_one_ta() -> None:
+    """As in a call: the answerer's checks reach the offerer before the answer does. Component
+    2's pairs still wait, Frozen, for component 1's success (RFC 8445 §6.1.2.6), and component
+    2 is selected within one Ta plus one round trip of component 1 on both sides."""
+    settings = IceSettings(ta=0.02)
+    net = two_agents(a=settings, b=settings, a_addresses=(), b_addresses=(), components=2,
+                     delay=0.0003, seed=5)
+    add_components(net, "a", "127.0.0.1", 1000, 2)
+    add_components(net, "b", "127.0.0.2", 1000, 2)
+    offer_answer(net, "a", "b", answer_delay=0.0006)
+    assert net.run(2.0, stop=all_selected(net, 2))
+    for name in ("a", "b"):
+        events = net.events(name)
+        success = next(e.at for e in of_type(events, CheckSucceeded) if e.pair.component == 1)
+        checks = [e for e in of_type(events, CheckSent) if e.pair.component == 2]
+        assert checks and checks[0].at >= success
+        first, second = selected_at(net, name, 1), selected_at(net, name, 2)
+        assert first is not None and second is not None
+        assert second - first <= 0.02 + 0.0006 + 1e-9, (name, first, second)
 
 
 def test_both_lite() -> None:

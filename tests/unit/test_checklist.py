@@ -93,6 +93,22 @@ def test_initial_states_and_unfreezing_across_components() -> None:
     assert changes[-1].cause == "foundation succeeded"
 
 
+def test_initial_states_respect_a_pair_started_by_a_triggered_check() -> None:
+    """RFC 8445 §6.1.2.6: a component-1 pair already Waiting (a peer's check arrived before
+    checks started) is its foundation's first pair, so component 2 stays Frozen."""
+    cl = CheckList([])
+    locals_ = [cand("1", "10.0.0.1", 1, component=1), cand("1", "10.0.0.1", 2, component=2)]
+    remotes = [cand("a", "10.0.0.2", 1, component=1), cand("a", "10.0.0.2", 2, component=2)]
+    cl.add_pairs(locals_, remotes, True, 0.0, started=False)
+    comp1, comp2 = cl.component_pairs(1)[0], cl.component_pairs(2)[0]
+    cl.set_state(comp1, PairState.WAITING, "triggered", 0.0)
+    cl.initial_states(0.1)
+    assert comp1.state is PairState.WAITING and comp2.state is PairState.FROZEN
+    cl.set_state(comp1, PairState.SUCCEEDED, "test", 0.2)
+    cl.unfreeze_foundation(comp1.foundation, 0.2)
+    assert cl.component_pairs(2)[0].state is PairState.WAITING
+
+
 def test_next_waiting_unfreezes_idle_foundations() -> None:
     """RFC 8445 §6.1.4.2: with no Waiting pair, Frozen pairs of idle foundations wake up, but
     not those whose foundation has a check in progress."""

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ice import stun as stun_module
 from ice.stun import (
     FINGERPRINT_XOR,
     Attr,
@@ -521,3 +522,100 @@ def test_channel_data_garbage_raises_only_stun_error(data: bytes) -> None:
     except StunError:
         return
     assert 0x4000 <= channel <= 0x4FFF and len(payload) <= len(data) - 4
+
+
+# --- layout decoders (a seen attribute layout is unpacked in one Struct call) ---------------
+
+def _walk_outcome(data: bytes) -> Message | None:
+    """What the attribute-by-attribute walk makes of ``data``: the message, or None if the
+    bytes are not a well-formed STUN message."""
+    try:
+        return stun_module._decode_walk(data)
+    except (StunError, ValueError, TypeError, IndexError, KeyError, struct.error):
+        return None
+
+
+def _decode_outcome(data: bytes) -> Message | None:
+    try:
+        return decode(data)
+    except StunError:
+        return None
+
+
+ICE_REQUEST = Message(Method.BINDING, MessageClass.REQUEST, VECTOR_TID, {
+    Attr.USERNAME: "evtj:h6vY", Attr.PRIORITY: 1845494271,
+    Attr.ICE_CONTROLLING: 0x932FF9B151263B36, Attr.USE_CANDIDATE: True,
+}).encode(integrity_key=b"VOkJxbRl1RmTxUk/WvJxBt", fingerprint=True)
+
+
+@given(messages(), st.one_of(st.none(), st.binary(max_size=40)), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_layout_decoder_matches_the_walk(message: Message, key: bytes | None, fp: bool) -> None:
+    """Decoding the same bytes a second time (through the learned layout) gives exactly the
+    message the walk gives: values, order, offsets."""
+    data = message.encode(integrity_key=key, fingerprint=fp)
+    expected = stun_module._decode_walk(data)
+    first = decode(data)
+    second = decode(data)
+    assert first == second == expected
+    assert list(second.attributes) == list(expected.attributes)
+
+
+@given(st.sampled_from([ICE_REQUEST, SAMPLE_REQUEST, SAMPLE_IPV4_RESPONSE, SAMPLE_IPV6_RESPONSE,
+                        SAMPLE_LONG_TERM_REQUEST]),
+       st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=4))
+@settings(max_examples=500, deadline=None)
+def test_mutations_of_a_learned_layout_match_the_walk(base: bytes,
+                                                      edits: list[tuple[int, int]]) -> None:
+    """Once a layout is learned, mutated copies (same length, any byte changed, headers
+    included) decode to what the walk says, or raise StunError where it fails."""
+    decode(base)
+    data = bytearray(base)
+    for index, value in edits:
+        data[index % len(data)] = value
+    assert _decode_outcome(bytes(data)) == _walk_outcome(bytes(data))
+
+
+def test_same_key_other_layout_falls_back_to_the_walk() -> None:
+    """Two messages with equal length and first attribute but different later attributes both
+    decode correctly, in either order."""
+    one = Message(Method.BINDING, MessageClass.REQUEST, VECTOR_TID,
+                  {Attr.USERNAME: "ab:cd", Attr.PRIORITY: 7}).encode(fingerprint=True)
+    two = Message(Method.BINDING, MessageClass.REQUEST, VECTOR_TID,
+                  {Attr.USERNAME: "ab:cd", Attr.LIFETIME: 9}).encode(fingerprint=True)
+    assert len(one) == len(two) and one[:24] == two[:24]
+    for data in (one, two, one, two, two, one):
+        assert decode(data) == stun_module._decode_walk(data)
+    assert decode(one).get(Attr.PRIORITY) == 7 and decode(two).get(Attr.LIFETIME) == 9
+
+
+def test_learned_layout_still_checks_fingerprint_and_utf8() -> None:
+    """A corrupted FINGERPRINT or bad UTF-8 in a learned layout raises StunError as the walk
+    does."""
+    decode(ICE_REQUEST)
+    bad_crc = bytearray(ICE_REQUEST)
+    bad_crc[-1] ^= 1
+    with pytest.raises(StunError):
+        decode(bytes(bad_crc))
+    bad_text = bytearray(ICE_REQUEST)
+    bad_text[24] = 0xFF  # first byte of USERNAME
+    with pytest.raises(StunError):
+        decode(bytes(bad_text))
+
+
+def test_layout_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layouts are dropped when the table is full; with no room for more compiled decoders,
+    decoding still works through the walk."""
+    monkeypatch.setattr(stun_module, "_LAYOUTS", {})
+    monkeypatch.setattr(stun_module, "_LAYOUT_CODE", {})
+    monkeypatch.setattr(stun_module, "_LAYOUT_LIMIT", 4)
+    monkeypatch.setattr(stun_module, "_LAYOUT_CODE_LIMIT", 1)
+    for n in range(10):
+        data = Message(Method.BINDING, MessageClass.REQUEST, VECTOR_TID,
+                       {Attr.USERNAME: "u" * n, Attr.PRIORITY: n}).encode(fingerprint=True)
+        assert decode(data).get(Attr.PRIORITY) == n
+        assert len(stun_module._LAYOUTS) <= 4
+    other = Message(Method.BINDING, MessageClass.REQUEST, VECTOR_TID,
+                    {Attr.PRIORITY: 3, Attr.USERNAME: "x"}).encode(fingerprint=True)
+    assert decode(other) == decode(other) == stun_module._decode_walk(other)
+    assert len(stun_module._LAYOUT_CODE) == 1
