@@ -448,8 +448,10 @@ class IceConfig:
     #: How the controlling agent nominates: "regular" (RFC 8445 §8.1.1) or "aggressive"
     #: (RFC 5245 §8.1.1.2).
     nomination: str = "regular"
-    #: Pacing interval Ta between checks, in seconds (RFC 8445 §14.2: 50 ms, not below 5 ms).
-    ta: float = 0.05
+    #: Pacing interval Ta between checks, in seconds (RFC 8445 §14.2 allows other values than
+    #: 50 ms "based on the characteristics of the associated data"; 20 ms is RFC 5245 §16.1's
+    #: value for one audio stream). Not below 5 ms.
+    ta: float = 0.02
     #: Be an ICE-lite agent: host candidates only, answer checks, never send them (RFC 8445 §2.5).
     lite: bool = False
     #: Gather IPv6 candidates too.
