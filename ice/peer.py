@@ -185,6 +185,11 @@ class Peer:
         self.agent.start_checks(now)
         self.transport.poke()
         self.deadline_call = self.reactor.callLater(self.args.timeout, self._ice_deadline)
+        if not self.selected and self.agent.selected_pair(1) is not None:
+            # A lite agent answers checks before it has the peer's description, and the
+            # controlling peer may have nominated a pair by then (its PairSelected event came
+            # before t0): report it now.
+            self._report_selection()
 
     def ms(self) -> float:
         assert self.t0 is not None
@@ -201,26 +206,30 @@ class Peer:
         if not self.described:
             self._maybe_describe()
         if isinstance(event, PairSelected) and event.component == 1 and self.t0 is not None:
-            pair = self.agent.selected_pair(1)
-            if pair is None:
-                return
-            _emit({
-                "event": "reselected" if self.selected else "selected",
-                "ms_from_start_of_checks": self.ms(),
-                "role": "controlling" if self.agent.controlling else "controlled",
-                "local": {"type": pair.local.type.value,
-                          "addr": f"{pair.local.address[0]}:{pair.local.address[1]}"},
-                "remote": {"type": pair.remote.type.value,
-                           "addr": f"{pair.remote.address[0]}:{pair.remote.address[1]}"},
-            })
-            if not self.selected:
-                self.selected = True
-                if self.deadline_call is not None and self.deadline_call.active():
-                    self.deadline_call.cancel()
-                self.start_echo()
+            self._report_selection()
         elif isinstance(event, IceFailed) and not self.selected and self.t0 is not None:
             self.finish({"event": "failed", "reason": event.reason,
                          "ms_from_start_of_checks": self.ms()}, 1)
+
+    def _report_selection(self) -> None:
+        """Print "selected" (or "reselected") and start the echo test on the first one."""
+        pair = self.agent.selected_pair(1)
+        if pair is None:
+            return
+        _emit({
+            "event": "reselected" if self.selected else "selected",
+            "ms_from_start_of_checks": self.ms(),
+            "role": "controlling" if self.agent.controlling else "controlled",
+            "local": {"type": pair.local.type.value,
+                      "addr": f"{pair.local.address[0]}:{pair.local.address[1]}"},
+            "remote": {"type": pair.remote.type.value,
+                       "addr": f"{pair.remote.address[0]}:{pair.remote.address[1]}"},
+        })
+        if not self.selected:
+            self.selected = True
+            if self.deadline_call is not None and self.deadline_call.active():
+                self.deadline_call.cancel()
+            self.start_echo()
 
     def on_data(self, app: AppData) -> None:
         text = app.data.decode("ascii", "replace")
