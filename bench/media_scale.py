@@ -9,12 +9,15 @@ process on the real reactor. For each N of the steps it runs a warm-up second, m
 - CPU per call: process CPU time / calls / seconds (both ends of each call are in here);
 - send jitter: lateness of each tick's last send against its grid point, p50/p99 (an upper
   bound for every send of the tick; see media/clock.py);
-- packets lost: sent minus received over every stream.
+- packets lost: sent minus received over every stream;
+- frames sent in the measured window against the frames due (streams x seconds / ptime): a
+  clock that falls behind skips frames, which must not pass for keeping up.
 
-N "holds" when p99 send jitter <= 2 ms and nothing was lost. The same run then measures baresip
-(Debian baresip-core) carrying calls the same way: two baresip processes on 127.0.0.1, one
-auto-answering, the other dialling ``--baresip-calls`` calls, audio from an 8 kHz WAV (aufile)
-and played to an aubridge device (no sound card), PCMU; their CPU comes from /proc/PID/stat.
+N "holds" when p99 send jitter <= 2 ms, nothing was lost and every frame due was sent. The
+same run then measures baresip (Debian baresip-core) carrying calls the same way: two baresip
+processes on 127.0.0.1, one auto-answering, the other dialling ``--baresip-calls`` calls, audio
+from an 8 kHz WAV (aufile) and played to an aubridge device (no sound card), PCMU; their CPU
+comes from /proc/PID/stat.
 
     python3 bench/media_scale.py [--calls N] [--seconds S] [--json]
 """
@@ -53,6 +56,7 @@ from media.stream import UdpMediaStream  # noqa: E402
 reactor: Any = global_reactor
 STEPS = (100, 250, 500)
 JITTER_LIMIT = 0.002
+PTIME = 0.02
 BARESIP_MAX_EXEC = 16
 """baresip 1.0 runs at most 16 ``-e`` commands (more and the caller does not start)."""
 
@@ -85,9 +89,11 @@ async def run_step(calls: int, seconds: float, warmup: float, seed: int) -> dict
         s.start()
     await _sleep(warmup)
     clock.reset_stats()
+    sent0 = _frames_sent(streams)
     cpu0, wall0 = time.process_time(), time.monotonic()
     await _sleep(seconds)
     cpu1, wall1 = time.process_time(), time.monotonic()
+    sent1 = _frames_sent(streams)
     pacing = clock.stats()
     for s in streams:
         s.hold()
@@ -102,6 +108,13 @@ async def run_step(calls: int, seconds: float, warmup: float, seed: int) -> dict
     await defer.gatherResults([s.close() for s in streams])
     elapsed = wall1 - wall0
     cpu = cpu1 - cpu0
+    # Every stream owes one frame per ptime: a clock that falls behind and skips frames (a
+    # stall longer than max_catch_up) must not pass for one that kept up. The window's edges
+    # cut each stream's frames to within one either way.
+    expected = len(streams) * elapsed / PTIME
+    window_sent = sent1 - sent0
+    rate_ok = (abs(window_sent - expected) <= len(streams) + 0.001 * expected
+               and pacing.skipped == 0 and pacing.resyncs == 0)
     return {
         "calls": calls, "seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3),
         "cpu_share_of_one_core": round(cpu / elapsed, 3),
@@ -113,8 +126,15 @@ async def run_step(calls: int, seconds: float, warmup: float, seed: int) -> dict
         "caught_up": pacing.caught_up, "resyncs": pacing.resyncs,
         "packets_sent": sent, "packets_received": received,
         "packets_lost": max(sent - received, lost_seq),
-        "holds": pacing.send.p99 <= JITTER_LIMIT and sent == received and lost_seq == 0,
+        "frames_expected": round(expected), "frames_sent": window_sent,
+        "frames_skipped": pacing.skipped, "send_rate_ok": rate_ok,
+        "holds": (pacing.send.p99 <= JITTER_LIMIT and sent == received and lost_seq == 0
+                  and rate_ok),
     }
+
+
+def _frames_sent(streams: list[UdpMediaStream]) -> int:
+    return sum(s.session.stats().outbound.packets_sent for s in streams)
 
 
 # --- baresip ---------------------------------------------------------------------------------
@@ -244,7 +264,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                   f"(process {r['cpu_share_of_one_core']:.2f} core)  send jitter "
                   f"p50 {r['send_jitter_p50_ms']:.3f} ms p99 {r['send_jitter_p99_ms']:.3f} ms "
                   f"max {r['send_jitter_max_ms']:.1f} ms  lost {r['packets_lost']}/"
-                  f"{r['packets_sent']}  {'holds' if r['holds'] else 'FAILS'}", flush=True)
+                  f"{r['packets_sent']}  frames {r['frames_sent']}/{r['frames_expected']}"
+                  f"{'' if r['send_rate_ok'] else ' (SKIPPED)'}  "
+                  f"{'holds' if r['holds'] else 'FAILS'}", flush=True)
     held = [r["calls"] for r in results if r["holds"]]
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

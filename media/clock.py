@@ -15,9 +15,15 @@ late by more than its ``resync_after`` and restarts its own send grid with the s
 skipped in the timestamp and the marker bit set (RFC 3550 §5.1). Keep ``max_catch_up`` at or
 above the sessions' ``resync_after`` (both 0.2 s by default) so a skip is always a resync.
 
-The clock measures how late it works against the grid: the wake-up lateness of each tick and the
-lateness of the last send of the tick (an upper bound for every send of that tick), as
-histograms with p50/p99/max that the benchmark reports.
+On reactors that poll with a millisecond timeout rounded up (epoll, poll) the timer is armed
+``wake_ahead`` (half a millisecond) before its grid point, so that the rounding leaves a
+wake-up within half a millisecond either side of the point instead of up to a millisecond
+late; a tick that wakes a little early runs the point it was armed for.
+
+The clock measures how far from the grid it works: the wake-up deviation of each tick and the
+deviation of the tick's sends (from its start before to its last send after the grid time, an
+upper bound for every send of that tick), as histograms with p50/p99/max that the benchmark
+reports.
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ __all__ = ["Lateness", "LatenessHistogram", "Paced", "PacingClock", "PacingStats
 
 _GRID_EPSILON = 1e-6
 """A timer may fire a rounding error before its grid point; that point counts as due."""
+
+_MS_POLL_REACTORS = frozenset({"EPollReactor", "PollReactor"})
+"""Reactors whose poll timeout is whole milliseconds, rounded up (epoll_wait, poll)."""
+_MS_POLL_AHEAD = 0.0005
+"""How early a timer is armed on those reactors: a wake-up rounded up to the next millisecond
+then lands within half a millisecond of its grid point, either side, instead of up to a whole
+millisecond late."""
 
 
 class Paced(Protocol):
@@ -144,10 +157,10 @@ class PacingStats:
     resyncs: int
     """Stalls that ended in a skip."""
     wake: Lateness
-    """Tick start (wake-up) time minus grid time."""
+    """How far the tick started (woke up) from its grid time, either way."""
     send: Lateness
-    """Time after the tick's last stream was served minus grid time: an upper bound of the
-    send-time jitter of every stream of the tick."""
+    """The larger of the tick's start before and its end (last stream served) after the grid
+    time: an upper bound of the send-time deviation of every stream of the tick."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -201,12 +214,13 @@ class PacingClock:
     then serves a slice of the streams, so the last stream of a tick is not late by the time
     all the others took, and the sends are spread over the period instead of leaving in one
     burst. Still one timer per ptime: it steps from slot to slot. ``phase_step=0`` puts every
-    stream in one phase.
+    stream in one phase. ``wake_ahead`` arms each timer that much before its grid point; None
+    chooses it for the reactor (see the module docstring), 0 never runs a point early.
     """
 
     def __init__(self, reactor: ReactorTime | None = None, *, max_catch_up: float = 0.2,
-                 phase_step: float = 0.001, histogram_resolution: float = 1e-5,
-                 histogram_limit: float = 0.1) -> None:
+                 phase_step: float = 0.001, wake_ahead: float | None = None,
+                 histogram_resolution: float = 1e-5, histogram_limit: float = 0.1) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
@@ -215,7 +229,12 @@ class PacingClock:
             raise ValueError("max_catch_up must not be negative")
         if phase_step < 0:
             raise ValueError("phase_step must not be negative")
+        if wake_ahead is None:
+            wake_ahead = _MS_POLL_AHEAD if type(reactor).__name__ in _MS_POLL_REACTORS else 0.0
+        if not 0 <= wake_ahead < (phase_step or 0.001):
+            raise ValueError("wake_ahead must be in [0, phase_step)")
         self.reactor: ReactorTime = reactor
+        self.wake_ahead = wake_ahead
         self.max_catch_up = max_catch_up
         self.phase_step = phase_step
         self._groups: dict[float, _Group] = {}
@@ -298,7 +317,7 @@ class PacingClock:
                 return
             group.timer.cancel()  # a stream joined an earlier slot
         # The delay comes from the absolute grid each time: lateness never accumulates.
-        delay = group.grid(target) - now
+        delay = group.grid(target) - self.wake_ahead - now
         group.armed = target
         group.timer = self.reactor.callLater(delay if delay > 0.0 else 0.0, self._fire, group)
 
@@ -336,7 +355,8 @@ class PacingClock:
             if not streams:
                 continue
             late = now - grid
-            wake.add(late)
+            # Deviation either way: a wake-up armed ahead may run a point a little early.
+            wake.add(late if late >= 0.0 else -late)
             if late >= period:
                 self._caught_up += 1
             for stream in streams:
@@ -346,7 +366,9 @@ class PacingClock:
                     logger.exception("media stream %r failed on its tick", stream)
             self._ticks += 1
             self._frames += len(streams)
-            send.add(seconds() - grid)
+            done = seconds() - grid
+            # Every send of the tick lies between the wake-up and now.
+            send.add(done if done >= -late else -late)
             if not group.streams:
                 return
         if group.streams:

@@ -29,24 +29,44 @@ def _native_to_le(pcm: bytes) -> bytes:
     return audioop.byteswap(pcm, SAMPLE_WIDTH) if _BIG_ENDIAN else pcm
 
 
-def ulaw_encode(pcm: bytes) -> bytes:
-    """µ-law bytes (one per sample) from 16-bit little-endian PCM."""
-    return audioop.lin2ulaw(_check(pcm), SAMPLE_WIDTH)
+# The four conversions run once per frame on the media path: on little-endian hosts (all the
+# usual ones) they are one C call after a length check, with no helper in between.
+if _BIG_ENDIAN:
+    def ulaw_encode(pcm: bytes) -> bytes:
+        """µ-law bytes (one per sample) from 16-bit little-endian PCM."""
+        return audioop.lin2ulaw(_check(pcm), SAMPLE_WIDTH)
 
+    def ulaw_decode(data: bytes) -> bytes:
+        """16-bit little-endian PCM from µ-law bytes."""
+        return audioop.byteswap(audioop.ulaw2lin(data, SAMPLE_WIDTH), SAMPLE_WIDTH)
 
-def ulaw_decode(data: bytes) -> bytes:
-    """16-bit little-endian PCM from µ-law bytes."""
-    return _native_to_le(audioop.ulaw2lin(data, SAMPLE_WIDTH))
+    def alaw_encode(pcm: bytes) -> bytes:
+        """A-law bytes (one per sample) from 16-bit little-endian PCM."""
+        return audioop.lin2alaw(_check(pcm), SAMPLE_WIDTH)
 
+    def alaw_decode(data: bytes) -> bytes:
+        """16-bit little-endian PCM from A-law bytes."""
+        return audioop.byteswap(audioop.alaw2lin(data, SAMPLE_WIDTH), SAMPLE_WIDTH)
+else:
+    def ulaw_encode(pcm: bytes) -> bytes:
+        """µ-law bytes (one per sample) from 16-bit little-endian PCM."""
+        if len(pcm) & 1:
+            raise ValueError(f"16-bit PCM must have an even length, got {len(pcm)} bytes")
+        return audioop.lin2ulaw(pcm, SAMPLE_WIDTH)
 
-def alaw_encode(pcm: bytes) -> bytes:
-    """A-law bytes (one per sample) from 16-bit little-endian PCM."""
-    return audioop.lin2alaw(_check(pcm), SAMPLE_WIDTH)
+    def ulaw_decode(data: bytes) -> bytes:
+        """16-bit little-endian PCM from µ-law bytes."""
+        return audioop.ulaw2lin(data, SAMPLE_WIDTH)
 
+    def alaw_encode(pcm: bytes) -> bytes:
+        """A-law bytes (one per sample) from 16-bit little-endian PCM."""
+        if len(pcm) & 1:
+            raise ValueError(f"16-bit PCM must have an even length, got {len(pcm)} bytes")
+        return audioop.lin2alaw(pcm, SAMPLE_WIDTH)
 
-def alaw_decode(data: bytes) -> bytes:
-    """16-bit little-endian PCM from A-law bytes."""
-    return _native_to_le(audioop.alaw2lin(data, SAMPLE_WIDTH))
+    def alaw_decode(data: bytes) -> bytes:
+        """16-bit little-endian PCM from A-law bytes."""
+        return audioop.alaw2lin(data, SAMPLE_WIDTH)
 
 
 def scale(pcm: bytes, factor: float) -> bytes:

@@ -143,7 +143,11 @@ class JitterBuffer:
         self._silence = bytes(2 * frame_samples)
         self._max_frames = max(1, math.ceil(s.max_delay / self._frame_duration))
         self._capacity = 4 * self._max_frames + 8
-        self._frames: dict[int, tuple[RtpPacket, bool]] = {}  # ext seq -> (packet, silent)
+        # ext seq -> (payload, sequence, timestamp, silent): fields, not packets, so the
+        # receive path need not build an RtpPacket per datagram.
+        self._frames: dict[int, tuple[bytes, int, int, bool]] = {}
+        self._wrap = (1 << 32) / clock_rate
+        """RTP timestamp period in seconds (for the jitter estimate across a wrap)."""
         # Frames given up as lost, remembered for a while: a packet behind the playout point is
         # late if its frame was lost, a duplicate if it was played (or skipped).
         self._lost_set: set[int] = set()
@@ -160,6 +164,10 @@ class JitterBuffer:
         self._jitter = 0.0
         self._last_transit: float | None = None
         self._depth = 0
+        # What the last pull played (for get()'s Frame).
+        self._played_kind = FrameKind.SILENCE
+        self._played_seq: int | None = None
+        self._played_ts: int | None = None
         # Counters.
         self._received = 0
         self._duplicated = 0
@@ -174,10 +182,10 @@ class JitterBuffer:
     # --- input -----------------------------------------------------------------------------
 
     def _extend(self, seq: int) -> int:
-        if self._highest is None:
+        highest = self._highest
+        if highest is None:
             return seq
-        delta = ((seq - self._highest) + 0x8000) % 0x10000 - 0x8000
-        return self._highest + delta
+        return highest + ((seq - highest + 0x8000) & 0xFFFF) - 0x8000
 
     def put(self, packet: RtpPacket, now: float, *, silent: bool = False) -> None:
         """Take in one packet of this stream at arrival time ``now``.
@@ -186,49 +194,60 @@ class JitterBuffer:
         4733 event replacing audio): it keeps its place in the sequence and plays as silence,
         so it is not mistaken for a loss.
         """
-        ext = self._extend(packet.sequence)
-        if self._highest is not None and ext < self._highest - self._capacity - 100:
-            # Far behind anything plausible for a late packet: the sender restarted its
-            # sequence numbers. Start over from this packet.
-            logger.debug("sequence jump to %d: jitter buffer restarts", packet.sequence)
-            self.reset()
-            ext = packet.sequence
-        if self._next is not None and ext < self._next:
+        self.put_payload(packet.sequence, packet.timestamp, packet.payload, now, silent=silent)
+
+    def put_payload(self, sequence: int, timestamp: int, payload: bytes, now: float, *,
+                    silent: bool = False) -> None:
+        """:meth:`put` from the packet's fields (the receive path's way: no packet object)."""
+        highest = self._highest
+        if highest is None:
+            ext = sequence
+        else:
+            ext = highest + ((sequence - highest + 0x8000) & 0xFFFF) - 0x8000
+            if ext < highest - self._capacity - 100:
+                # Far behind anything plausible for a late packet: the sender restarted its
+                # sequence numbers. Start over from this packet.
+                logger.debug("sequence jump to %d: jitter buffer restarts", sequence)
+                self.reset()
+                ext = sequence
+                highest = None
+        nxt = self._next
+        if nxt is not None and ext < nxt:
             if ext in self._lost_set:
                 self._discarded += 1
             else:
                 self._duplicated += 1
             return
-        if ext in self._frames:
+        frames = self._frames
+        if ext in frames:
             self._duplicated += 1
             return
         if not silent:
             # Event packets repeat one timestamp, which would read as jitter.
-            self._update_jitter(packet.timestamp, now)
+            # RFC 3550 A.8, kept in seconds.
+            transit = now - timestamp / self._clock_rate
+            last = self._last_transit
+            if last is not None:
+                d = transit - last
+                if d < 0:
+                    d = -d
+                if d > self._wrap / 2:
+                    d = abs(d - self._wrap)
+                self._jitter += (d - self._jitter) / 16.0
+            self._last_transit = transit
         self._received += 1
-        self._frames[ext] = (packet, silent)
-        if self._highest is None or ext > self._highest:
+        frames[ext] = (payload, sequence, timestamp, silent)
+        if highest is None or ext > highest:
             self._highest = ext
         if self._start_at is None:
             self._start_at = now + max(self._settings.initial_delay, self.target_delay)
-        if len(self._frames) > self._capacity:
+        if len(frames) > self._capacity:
             # Nobody is pulling, or far too deep: forget the oldest.
-            oldest = min(self._frames)
-            del self._frames[oldest]
+            oldest = min(frames)
+            del frames[oldest]
             self._removed += self._frame_samples
-            if self._next is not None and self._next <= oldest:
+            if nxt is not None and nxt <= oldest:
                 self._next = oldest + 1
-
-    def _update_jitter(self, timestamp: int, now: float) -> None:
-        # RFC 3550 A.8, kept in seconds.
-        transit = now - timestamp / self._clock_rate
-        if self._last_transit is not None:
-            d = transit - self._last_transit
-            wrap = (1 << 32) / self._clock_rate
-            if abs(d) > wrap / 2:
-                d -= math.copysign(wrap, d)
-            self._jitter += (abs(d) - self._jitter) / 16.0
-        self._last_transit = transit
 
     # --- output ----------------------------------------------------------------------------
 
@@ -244,24 +263,60 @@ class JitterBuffer:
 
     def get(self, now: float) -> Frame:
         """The frame to play at ``now``: audio, or concealment when it is missing or late."""
-        if self._next is None:
-            if not self._frames or self._start_at is None or now < self._start_at - 1e-9:
-                return Frame(self._silence, FrameKind.SILENCE)
-            self._next = min(self._frames)
+        pcm = self.get_pcm(now)
+        return Frame(pcm, self._played_kind, self._played_seq, self._played_ts)
+
+    def get_pcm(self, now: float) -> bytes:
+        """The PCM :meth:`get` would play at ``now``, without the :class:`Frame` around it (the
+        pacing path's way: one object less per frame). What it was is kept for :meth:`get`."""
+        nxt = self._next
+        frames = self._frames
+        if nxt is None:
+            if not frames or self._start_at is None or now < self._start_at - 1e-9:
+                return self._played(self._silence, FrameKind.SILENCE)
+            nxt = self._next = min(frames)
             self._window_min = _NO_DEPTH
             self._window_count = 0
         assert self._highest is not None
-        depth = self._highest - self._next + 1
+        depth = self._highest - nxt + 1
         self._depth = depth if depth > 0 else 0
-        self._adapt(depth)
-        entry = self._frames.pop(self._next, None)
+        # Adaptation (see _adapt); the usual tick only counts the window.
+        if depth > self._max_frames + 1 and nxt in frames:
+            self._skip()  # far too deep: drain at once
+            nxt = self._next
+        else:
+            self._window_min = min(self._window_min, depth)
+            self._window_count += 1
+            if self._window_count >= self._settings.adapt_window:
+                shrink = self._window_min >= self._target_frames() + 2
+                self._window_min = _NO_DEPTH
+                self._window_count = 0
+                if shrink and nxt in frames:
+                    self._skip()
+                    nxt = self._next
+        assert nxt is not None
+        entry = frames.pop(nxt, None)
         if entry is not None:
-            return self._play(*entry)
+            payload, sequence, timestamp, silent = entry
+            self._next = nxt + 1
+            self._empty_since = None
+            self._repeats = 0
+            self._concealing = False
+            if silent:
+                self._last_pcm = None
+                return self._played(self._silence, FrameKind.SILENCE, sequence, timestamp)
+            pcm = self._decode(payload)
+            self._last_pcm = pcm
+            self._emitted += 1
+            self._played_kind = FrameKind.AUDIO
+            self._played_seq = sequence
+            self._played_ts = timestamp
+            return pcm
         if depth > 0:
             # Later frames are here, so this one is lost (or hopelessly late): conceal, move on.
             self._lost += 1
-            self._remember_lost(self._next)
-            self._next += 1
+            self._remember_lost(nxt)
+            self._next = nxt + 1
             self._empty_since = None
             return self._conceal()
         # Empty: hold playback so the late frame can still be played (the delay grows).
@@ -275,20 +330,6 @@ class JitterBuffer:
             self._empty_since = None
         return self._conceal()
 
-    def _adapt(self, depth: int) -> None:
-        if depth > self._max_frames + 1 and self._next in self._frames:
-            self._skip()  # far too deep: drain at once
-            return
-        self._window_min = min(self._window_min, depth)
-        self._window_count += 1
-        if self._window_count < self._settings.adapt_window:
-            return
-        shrink = self._window_min >= self._target_frames() + 2
-        self._window_min = _NO_DEPTH
-        self._window_count = 0
-        if shrink and self._next in self._frames:
-            self._skip()
-
     def _skip(self) -> None:
         assert self._next is not None
         del self._frames[self._next]
@@ -301,21 +342,14 @@ class JitterBuffer:
         if len(self._lost_order) > 256:
             self._lost_set.discard(self._lost_order.popleft())
 
-    def _play(self, packet: RtpPacket, silent: bool) -> Frame:
-        assert self._next is not None
-        self._next += 1
-        self._empty_since = None
-        self._repeats = 0
-        self._concealing = False
-        if silent:
-            self._last_pcm = None
-            return Frame(self._silence, FrameKind.SILENCE, packet.sequence, packet.timestamp)
-        pcm = self._decode(packet.payload)
-        self._last_pcm = pcm
-        self._emitted += 1
-        return Frame(pcm, FrameKind.AUDIO, packet.sequence, packet.timestamp)
+    def _played(self, pcm: bytes, kind: FrameKind, sequence: int | None = None,
+                timestamp: int | None = None) -> bytes:
+        self._played_kind = kind
+        self._played_seq = sequence
+        self._played_ts = timestamp
+        return pcm
 
-    def _conceal(self) -> Frame:
+    def _conceal(self) -> bytes:
         s = self._settings
         if not self._concealing:
             self._concealing = True
@@ -325,8 +359,9 @@ class JitterBuffer:
         repeat = s.concealment is Concealment.REPEAT and self._repeats < s.max_repeats
         if repeat and last is not None:
             self._repeats += 1
-            return Frame(g711.scale(last, s.attenuation**self._repeats), FrameKind.REPEATED)
-        return Frame(self._silence, FrameKind.SILENCE)
+            return self._played(g711.scale(last, s.attenuation**self._repeats),
+                                FrameKind.REPEATED)
+        return self._played(self._silence, FrameKind.SILENCE)
 
     def reset(self) -> None:
         """Forget every packet and the playout position (a new source), keeping the counters."""

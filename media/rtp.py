@@ -14,6 +14,11 @@ RTP_VERSION = 2
 _HEADER = struct.Struct("!BBHII")
 _EXT_HEADER = struct.Struct("!HH")
 HEADER_SIZE = _HEADER.size
+HEADER_STRUCT = _HEADER
+"""The fixed header as a ``struct.Struct``, for receive paths that read the fields of a plain
+packet (first octet 0x80: no padding, extension or CSRC) without building an RtpPacket."""
+PLAIN_FIRST_OCTET = RTP_VERSION << 6
+"""First octet of a plain packet: version 2, no padding, no extension, no CSRC."""
 
 SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32

@@ -15,10 +15,12 @@ import base64
 import logging
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from media.codecs import Codec
+from media import g711
+from media.codecs import Codec, G711Codec
 from media.dtmf import DtmfError, DtmfPacket, DtmfReceived, DtmfReceiver, event_packets
 from media.jitter import Frame, JitterBuffer, JitterBufferSettings, JitterBufferStats
 from media.rtcp import (
@@ -37,7 +39,14 @@ from media.rtcp import (
     reduced_minimum_interval,
     rtcp_interval,
 )
-from media.rtp import RtpError, RtpPacket, encode_rtp, is_rtcp, parse_rtp
+from media.rtp import (
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    PLAIN_FIRST_OCTET,
+    RtpError,
+    encode_rtp,
+    parse_rtp,
+)
 from media.stats import (
     MIN_SEQUENTIAL,
     InboundRtpStats,
@@ -58,6 +67,9 @@ Address = tuple[str, int]
 """A transport address as the adapters pass it: (host, port)."""
 
 RTP_HEADER = 12
+ENCODE_CACHE_SIZE = 64
+"""Distinct PCM frames whose G.711 encoding a session keeps: a periodic source (a tone repeats
+every few frames) is then encoded once, a file fills the cache once and stops adding."""
 UDP_IP_OVERHEAD = 28
 """IPv4 + UDP header octets, counted in the RTCP average packet size (RFC 3550 §6.3.3)."""
 
@@ -210,6 +222,19 @@ class RtpSession:
         if self._frame_samples <= 0:
             raise ValueError(f"ptime {s.ptime} ms gives no samples for {codec.name}")
         self._frame_ts = codec.timestamp_increment(self._frame_samples)
+        self._frame_bytes = 2 * self._frame_samples
+        # G.711 is memoryless, so equal PCM frames give equal payloads: cache them. A stateful
+        # codec (Opus, G.722) must see every frame.
+        self._encode_cache: dict[bytes, bytes] | None = (
+            {} if isinstance(codec, G711Codec) else None)
+        self._encode: Callable[[bytes], bytes] = codec.encode
+        decode: Callable[[bytes], bytes] = codec.decode
+        if isinstance(codec, G711Codec):
+            # Straight to the C conversion, without the codec's dispatch on its name.
+            pcmu = codec.name == "PCMU"
+            self._encode = g711.ulaw_encode if pcmu else g711.alaw_encode
+            decode = g711.ulaw_decode if pcmu else g711.alaw_decode
+        self._payload_type = codec.payload_type
         self._ptime_s = s.ptime / 1000.0
         # Send grid: frame n is due at epoch + n x ptime (drift-free, no accumulation).
         self._created = now
@@ -232,7 +257,7 @@ class RtpSession:
         self._retired: deque[int] = deque(maxlen=8)
         self._last_received: float | None = None
         self._jitter = JitterBuffer(
-            codec.decode,
+            decode,
             frame_samples=self._frame_samples,
             sample_rate=codec.sample_rate,
             clock_rate=codec.clock_rate,
@@ -262,6 +287,9 @@ class RtpSession:
         self._initial = True
         self._tp = now
         self._next_rtcp = now + self._interval()
+        self._timer_at: float | None = self._next_rtcp
+        """What next_timer() returns, kept current where its inputs change (it is asked on
+        every frame, they change a few times a second at most)."""
         self._rtcp_sent = 0
         self._rtcp_received = 0
         self._rtcp_malformed = 0
@@ -312,40 +340,70 @@ class RtpSession:
         """
         if self._state is SessionState.CLOSED:
             raise ValueError("the RTP session is closed")
-        if len(pcm) % 2:
+        size = len(pcm)
+        if size & 1:
             raise ValueError("16-bit PCM must have an even length")
-        if self._epoch is None:
+        epoch = self._epoch
+        if epoch is None:
             self._epoch = now
             self._count = 0
         else:
-            late = now - (self._epoch + self._count * self._ptime_s)
+            late = now - (epoch + self._count * self._ptime_s)
             if late > self._settings.resync_after:
                 skipped = int(late / self._ptime_s)
                 self._ts = (self._ts + skipped * self._frame_ts) & 0xFFFFFFFF
                 self._epoch = now
                 self._count = 0
                 self._marker_next = True
-        samples_ts = self._codec.timestamp_increment(len(pcm) // 2)
-        if self._dtmf_packets or (self._dtmf_queue and self._dtmf_gap <= 0):
-            data = self._next_dtmf_packet()
+        samples_ts = (self._frame_ts if size == self._frame_bytes
+                      else self._codec.timestamp_increment(size // 2))
+        seq = self._seq
+        ts = self._ts
+        if self._dtmf_packets or self._dtmf_queue or self._dtmf_gap > 0:
+            data = self._dtmf_or_audio(pcm)
         else:
-            if self._dtmf_gap > 0:
-                self._dtmf_gap -= 1
-            codec = self._codec
-            payload = codec.encode(pcm)
-            data = encode_rtp(
-                codec.payload_type, self._seq, self._ts, self.ssrc, payload, self._marker_next
-            )
-            self._marker_next = False
+            # The audio packet, inline: this runs for every frame of every stream.
+            cache = self._encode_cache
+            if cache is None or type(pcm) is not bytes:  # bytearray & co. cannot be keys
+                payload = self._encode(pcm)
+            else:
+                payload = cache.get(pcm)  # type: ignore[assignment]
+                if payload is None:
+                    payload = self._encode(pcm)
+                    if len(cache) < ENCODE_CACHE_SIZE:
+                        cache[pcm] = payload
+            second = self._payload_type
+            if self._marker_next:
+                second |= 0x80
+                self._marker_next = False
+            data = HEADER_STRUCT.pack(PLAIN_FIRST_OCTET, second, seq, ts, self.ssrc) + payload
             sender = self._sender
             sender.packets += 1
             sender.octets += len(payload)
             sender.header_octets += RTP_HEADER
-        self._seq = (self._seq + 1) & 0xFFFF
-        self._ts = (self._ts + samples_ts) & 0xFFFFFFFF
+        self._seq = (seq + 1) & 0xFFFF
+        self._ts = (ts + samples_ts) & 0xFFFFFFFF
         self._count += 1
         self._last_sent = now
         return data
+
+    def _audio_packet(self, pcm: bytes) -> bytes:
+        payload = self._encode(pcm)
+        data = encode_rtp(self._payload_type, self._seq, self._ts, self.ssrc, payload,
+                          self._marker_next)
+        self._marker_next = False
+        sender = self._sender
+        sender.packets += 1
+        sender.octets += len(payload)
+        sender.header_octets += RTP_HEADER
+        return data
+
+    def _dtmf_or_audio(self, pcm: bytes) -> bytes:
+        if self._dtmf_packets or (self._dtmf_queue and self._dtmf_gap <= 0):
+            return self._next_dtmf_packet()
+        if self._dtmf_gap > 0:
+            self._dtmf_gap -= 1
+        return self._audio_packet(pcm)
 
     def send_dtmf(self, digits: str, duration: float | None = None) -> None:
         """Queue DTMF digits (RFC 4733); they replace audio in the next frames sent."""
@@ -393,7 +451,8 @@ class RtpSession:
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
         """A datagram from a port that carries RTP and RTCP multiplexed (RFC 5761 §4)."""
-        if is_rtcp(data):
+        # RFC 5761 §4: RTCP packet types 192-223 read as payload types 64-95 (see is_rtcp).
+        if len(data) >= 2 and 64 <= (data[1] & 0x7F) <= 95:
             self.receive_rtcp(data, source, now)
         else:
             self.receive_rtp(data, source, now)
@@ -405,50 +464,58 @@ class RtpSession:
         if self._expected_rtp is not None and source != self._expected_rtp:
             self._foreign += 1
             return
-        try:
-            packet = parse_rtp(data)
-        except RtpError as exc:
-            self._malformed += 1
-            logger.debug("dropping RTP from %s: %s", source, exc)
-            return
-        if packet.ssrc == self.ssrc:
+        if len(data) >= HEADER_SIZE and data[0] == PLAIN_FIRST_OCTET:
+            # The usual audio packet: read the fields, build no packet object.
+            _first, second, sequence, timestamp, ssrc = HEADER_STRUCT.unpack_from(data)
+            payload_type = second & 0x7F
+            payload = data[HEADER_SIZE:]
+        else:
+            try:
+                packet = parse_rtp(data)
+            except RtpError as exc:
+                self._malformed += 1
+                logger.debug("dropping RTP from %s: %s", source, exc)
+                return
+            payload_type, sequence, timestamp, ssrc = (
+                packet.payload_type, packet.sequence, packet.timestamp, packet.ssrc)
+            payload = packet.payload
+        if ssrc == self.ssrc:
             self._looped += 1
             return
         remote = self._remote
-        if remote is None or remote.ssrc != packet.ssrc:
-            if packet.ssrc in self._retired:
+        if remote is None or remote.ssrc != ssrc:
+            if ssrc in self._retired:
                 self._old_ssrc += 1
                 return
-            remote = self._new_remote(packet, source)
-        remote.update(
-            packet.sequence, packet.timestamp, now, len(packet.payload),
-            len(data) - len(packet.payload),
-        )
+            remote = self._new_remote(ssrc, payload_type, source)
+        size = len(payload)
+        remote.update(sequence, timestamp, now, size, len(data) - size)
         self._last_received = now
-        if packet.payload_type == self._codec.payload_type:
-            self._jitter.put(packet, now)
-        elif packet.payload_type == self._settings.dtmf_payload_type:
-            self._jitter.put(packet, now, silent=True)
+        if payload_type == self._payload_type:
+            self._jitter.put_payload(sequence, timestamp, payload, now)
+        elif payload_type == self._settings.dtmf_payload_type:
+            self._jitter.put_payload(sequence, timestamp, payload, now, silent=True)
             try:
-                self._dtmf_rx.receive(packet.timestamp, packet.payload, now)
+                self._dtmf_rx.receive(timestamp, payload, now)
             except DtmfError:
                 self._malformed += 1
             self._drain_dtmf()
+            self._update_timer()
         else:
             self._unknown_pt += 1
 
-    def _new_remote(self, packet: RtpPacket, source: Address) -> ReceiverStatistics:
+    def _new_remote(self, ssrc: int, payload_type: int, source: Address) -> ReceiverStatistics:
         old = self._remote
         remote = ReceiverStatistics(
-            packet.ssrc, self._codec.clock_rate, min_sequential=self._settings.min_sequential
+            ssrc, self._codec.clock_rate, min_sequential=self._settings.min_sequential
         )
         self._remote = remote
         if old is None:
-            self._events.append(FirstPacketReceived(packet.ssrc, source, packet.payload_type))
+            self._events.append(FirstPacketReceived(ssrc, source, payload_type))
         else:
             self._retired.append(old.ssrc)
             self._jitter.reset()
-            self._events.append(SsrcChanged(old.ssrc, packet.ssrc))
+            self._events.append(SsrcChanged(old.ssrc, ssrc))
         self._remote_sender = None
         return remote
 
@@ -459,6 +526,15 @@ class RtpSession:
     def read_frame(self, now: float) -> Frame:
         """The received frame to play at ``now`` (concealment when missing)."""
         return self._jitter.get(now)
+
+    @property
+    def jitter_buffer(self) -> JitterBuffer:
+        """The receive-side jitter buffer (its ``get_pcm`` is what a sink plays)."""
+        return self._jitter
+
+    def read_pcm(self, now: float) -> bytes:
+        """The PCM of :meth:`read_frame` alone (what a sink takes; one object less per frame)."""
+        return self._jitter.get_pcm(now)
 
     def receive_rtcp(self, data: bytes, source: Address, now: float) -> None:
         """One RTCP datagram (compound) from the network."""
@@ -532,10 +608,14 @@ class RtpSession:
 
     def next_timer(self) -> float | None:
         """The next RTCP report or DTMF timeout deadline; None once closed."""
+        return self._timer_at
+
+    def _update_timer(self) -> None:
         if self._state is SessionState.CLOSED:
-            return None
+            self._timer_at = None
+            return
         dtmf = self._dtmf_rx.next_timer()
-        return self._next_rtcp if dtmf is None else min(self._next_rtcp, dtmf)
+        self._timer_at = self._next_rtcp if dtmf is None else min(self._next_rtcp, dtmf)
 
     def handle_timer(self, now: float) -> None:
         """Send a report when due, after timer reconsideration (RFC 3550 §6.3.6)."""
@@ -543,6 +623,10 @@ class RtpSession:
             return
         self._dtmf_rx.handle_timer(now)
         self._drain_dtmf()
+        self._rtcp_timer(now)
+        self._update_timer()
+
+    def _rtcp_timer(self, now: float) -> None:
         if now < self._next_rtcp:
             return
         t = self._interval()
@@ -596,6 +680,7 @@ class RtpSession:
         encoded = reason.encode("utf-8")[:255] if reason is not None else None
         self._send_report(now, Bye((self.ssrc,), encoded))
         self._set_state(SessionState.CLOSED, "close" if reason is None else reason)
+        self._timer_at = None
 
     # --- outputs ---------------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ Two kinds of path:
   (hold) the agent's keepalives (RFC 8445 §11) keep the NAT binding open.
 - :class:`UdpMediaStream` is for peers without ICE: its own UDP port(s), sending to the address
   of the SDP, with optional symmetric RTP (RFC 4961): the destination switches to the source of
-  the first valid RTP packet, and only that source is accepted afterwards.
+  the first valid RTP packet, and only that source is accepted afterwards. On Linux the
+  sockets of all such streams are read through one shared epoll set: one reactor wake-up for
+  every datagram waiting (``_SocketPoller``); the send side writes the socket directly.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import select
+import socket
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -33,7 +38,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 
-from ice.candidate import AppData
+from ice.candidate import AppData, Candidate
 from ice.checklist import CandidatePair
 from ice.driver import ReactorTime
 from ice.events import ConsentLost, IceEvent, PairSelected
@@ -134,6 +139,9 @@ class MediaStreamStats(Snapshot):
     """Frames due while there was no path (waiting, consent lost), not sent."""
     packets_without_path: int
     """Datagrams received before there was a path to accept them from, dropped."""
+    packets_from_other_candidates: int
+    """Datagrams from another of the peer's candidates than the selected pair's (RFC 8445
+    §12.2), accepted as the selected path's."""
     rtcp_not_sent: int
     """RTCP packets due while the RTCP path was missing, dropped."""
     send_errors: int
@@ -169,10 +177,13 @@ class MediaStream:
         self._polls = False
         """Subclasses that look at their path on every tick set this."""
         self._samples = session.frame_samples
+        self._pull_pcm = session.jitter_buffer.get_pcm
+        """What the sink plays each tick, bound once (session.read_pcm without the hop)."""
         self._dest: Address | None = None
         self._rtcp_dest: Address | None = None
         self._frames_not_sent = 0
         self._no_path = 0
+        self._other_candidates = 0
         self._rtcp_not_sent = 0
         self.send_errors = 0
         self._first_packet_waiters: list[Deferred[FirstPacketReceived]] = []
@@ -277,7 +288,7 @@ class MediaStream:
         elif not self._held:
             self._frames_not_sent += 1
         if self._playing and self.sink is not None:
-            self.sink.write(session.read_frame(now).pcm)
+            self.sink.write(self._pull_pcm(now))
         deadline = session.next_timer()
         if deadline is not None and now >= deadline:
             session.handle_timer(now)
@@ -353,7 +364,9 @@ class MediaStream:
         return MediaStreamStats(
             state=self._state.value, held=self._held, destination=self._dest,
             rtcp_destination=self._rtcp_dest, frames_not_sent=self._frames_not_sent,
-            packets_without_path=self._no_path, rtcp_not_sent=self._rtcp_not_sent,
+            packets_without_path=self._no_path,
+            packets_from_other_candidates=self._other_candidates,
+            rtcp_not_sent=self._rtcp_not_sent,
             send_errors=self.send_errors, session=self.session.stats(),
         )
 
@@ -366,6 +379,8 @@ class IceAgentView(Protocol):
 
     def selected_pair(self, component: int) -> CandidatePair | None: ...
     def can_send(self, component: int) -> bool: ...
+    @property
+    def remote_candidates(self) -> list[Candidate]: ...
 
 
 class IceTransport(Protocol):
@@ -417,7 +432,7 @@ class IceMediaStream(MediaStream):
                 if self._dest is None:
                     self._no_path += 1
                     return True
-            self._rtp_in(app.data, app.source, now, self.rtcp_mux)
+            self._rtp_in(app.data, self._source_of(app, self._dest), now, self.rtcp_mux)
             return True
         if app.component == self.rtcp_component:
             if self._rtcp_remote is None:
@@ -425,9 +440,27 @@ class IceMediaStream(MediaStream):
                 if self._rtcp_remote is None:
                     self._no_path += 1
                     return True
-            self._rtcp_in(app.data, app.source, now)
+            self._rtcp_in(app.data, self._source_of(app, self._rtcp_remote), now)
             return True
         return False
+
+    def _source_of(self, app: AppData, expected: Address | None) -> Address:
+        """The source to hand the session: the selected pair's remote address for data from any
+        of the peer's candidates of the component.
+
+        RFC 8445 §12.2: an agent must be ready to receive on any of its candidate pairs, not
+        only the selected one. A peer behind a TURN server, for one, may send everything through
+        its relay once it holds a permission for our address. Sources that are none of the
+        peer's candidates stay as they are, and the session drops and counts them.
+        """
+        source = app.source
+        if expected is None or source == expected:
+            return source
+        for cand in self.ice.agent.remote_candidates:
+            if cand.component == app.component and cand.address == source:
+                self._other_candidates += 1
+                return expected
+        return source
 
     def ice_event_received(self, event: IceEvent) -> None:
         """Follow a selection, a switch or a lost consent at once."""
@@ -493,6 +526,110 @@ def _check_address(address: Address) -> Address:
     return (host, int(port))
 
 
+Handler = Callable[[bytes, Any], None]
+
+
+class _SocketPoller:
+    """Reads the UDP sockets of every :class:`UdpMediaStream` of a reactor through one epoll set.
+
+    The reactor sees a single reader (the epoll descriptor). When it is readable, one
+    :meth:`doRead` takes a datagram from each ready socket and hands it straight to its stream,
+    and repeats while sockets are ready: with hundreds of calls, the datagrams of a whole pacing
+    tick cost one reactor wake-up instead of one each, and none of Twisted's per-descriptor
+    logging context, ``fileno()`` check and trailing ``EAGAIN`` read. Level-triggered, so a
+    datagram left over when the rounds end wakes the reactor again.
+    """
+
+    ROUNDS = 8
+    """Polls per wake-up before the reactor gets its turn (timers must not starve)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._epoll = select.epoll()
+        self._handlers: dict[int, tuple[socket.socket, Handler]] = {}
+        self._reading = False
+
+    # IReadDescriptor, for the reactor.
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "media sockets"
+
+    def connectionLost(self, reason: object) -> None:
+        """The reactor dropped us (shutdown): re-register on the next add."""
+        self._reading = False
+
+    def doRead(self) -> None:
+        handlers = self._handlers
+        poll = self._epoll.poll
+        for _ in range(self.ROUNDS):
+            ready = poll(0)
+            if not ready:
+                return
+            for fd, _mask in ready:
+                entry = handlers.get(fd)
+                if entry is None:
+                    continue
+                sock, handler = entry
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:  # an ICMP error reported on the socket
+                    logger.debug("media socket %d: %s", fd, exc)
+                    continue
+                try:
+                    handler(data, addr)
+                except Exception:  # one stream's failure must not stop the others
+                    logger.exception("media datagram handler failed")
+
+    # Sockets.
+    def add(self, sock: socket.socket, handler: Handler) -> int:
+        """Read ``sock`` from now on; returns its descriptor (for :meth:`remove`)."""
+        fd = sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = (sock, handler)
+        if not self._reading:
+            self._reactor.addReader(self)
+            self._reading = True
+        return fd
+
+    def remove(self, fd: int) -> None:
+        """Stop reading descriptor ``fd`` (before its socket is closed)."""
+        if self._handlers.pop(fd, None) is None:
+            return
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        if not self._handlers and self._reading:
+            self._reactor.removeReader(self)
+            self._reading = False
+
+
+_POLLERS: weakref.WeakKeyDictionary[Any, _SocketPoller] = weakref.WeakKeyDictionary()
+"""One poller per reactor."""
+
+
+def _shared_reader(reactor: Any, port: Any) -> tuple[_SocketPoller, socket.socket] | None:
+    """The poller for ``port``'s socket when the platform and the reactor allow one (epoll, a
+    reactor with ``addReader``, a real Twisted UDP port); None to let Twisted read it."""
+    sock = getattr(port, "socket", None)
+    if (not hasattr(select, "epoll") or not isinstance(sock, socket.socket)
+            or not callable(getattr(port, "stopReading", None))
+            or not callable(getattr(reactor, "addReader", None))):
+        return None
+    try:
+        poller = _POLLERS.get(reactor)
+        if poller is None:
+            poller = _POLLERS[reactor] = _SocketPoller(reactor)
+    except TypeError:  # a reactor that cannot be weakly referenced
+        return None
+    port.stopReading()
+    return poller, sock
+
+
 class _Receiver(DatagramProtocol):
     """One UDP port of a stream."""
 
@@ -540,6 +677,16 @@ class UdpMediaStream(MediaStream):
                                                 interface=host)
         self._rtp_sendto = self._fast_send(self._port)
         self._rtcp_sendto = self._fast_send(self._rtcp_port or self._port)
+        # Read through the shared poller where possible (see _SocketPoller).
+        self._polled: list[tuple[_SocketPoller, int]] = []
+        for listening, handler in ((self._port, self._rtp_datagram),
+                                   (self._rtcp_port, self._rtcp_datagram)):
+            if listening is None:
+                continue
+            shared = _shared_reader(reactor, listening)
+            if shared is not None:
+                poller, sock = shared
+                self._polled.append((poller, poller.add(sock, handler)))
         self._latched = False
         self._rtcp_latched = False
         if remote is not None:
@@ -583,6 +730,51 @@ class UdpMediaStream(MediaStream):
         self.session.set_expected_source(None, None)
         self._path_changed(rtp, rtcp, now, "remote description")
         self._set_state(StreamState.ACTIVE, "remote address")
+
+    def on_tick(self, grid_time: float, now: float) -> None:
+        """:meth:`MediaStream.on_tick` with the send written straight to the socket (the
+        common case of hundreds of streams; anything unusual takes the general path)."""
+        if not self._sending:
+            super().on_tick(grid_time, now)
+            return
+        session = self.session
+        try:
+            self._rtp_sendto(session.send_frame(self.source.read(self._samples), grid_time),
+                             self._dest)  # type: ignore[arg-type]
+        except OSError as exc:
+            self._send_failed(exc)
+        if self._playing and self.sink is not None:
+            self.sink.write(self._pull_pcm(now))
+        deadline = session.next_timer()
+        if deadline is not None and now >= deadline:
+            session.handle_timer(now)
+            self._flush_rtcp()
+            self._drain(now)
+
+    def _rtp_datagram(self, data: bytes, addr: Any) -> None:
+        """The RTP port's datagrams from the poller: :meth:`_datagram` for RTP, inlined."""
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])  # IPv6: drop flow info and scope id
+        if self._state is StreamState.CLOSED:
+            return
+        now = self.reactor.seconds()
+        if self._dest is None:
+            self._no_path += 1
+            return
+        if self.symmetric and not self._latched:
+            if self.rtcp_mux and is_rtcp(data):
+                self._rtcp_in(data, addr, now)
+                return
+            self._latch(data, addr, now)
+        session = self.session
+        if self.rtcp_mux and len(data) >= 2 and 64 <= (data[1] & 0x7F) <= 95:
+            session.receive_rtcp(data, addr, now)  # RFC 5761 §4 (see is_rtcp)
+        else:
+            session.receive_rtp(data, addr, now)
+        self._drain(now)
+
+    def _rtcp_datagram(self, data: bytes, addr: Any) -> None:
+        self._datagram(data, (addr[0], addr[1]), True)
 
     def _datagram(self, data: bytes, source: Address, rtcp_port: bool) -> None:
         if self._state is StreamState.CLOSED:
@@ -651,6 +843,9 @@ class UdpMediaStream(MediaStream):
         logger.log(level, "media send to %s failed: %s", self._dest, exc)
 
     def _release(self) -> Deferred[None]:
+        for poller, fd in self._polled:
+            poller.remove(fd)
+        self._polled = []
         ports = [p for p in (self._port, self._rtcp_port) if p is not None]
         waits = [defer.maybeDeferred(p.stopListening) for p in ports]
         d = defer.gatherResults(waits, consumeErrors=True)

@@ -53,6 +53,7 @@ class FakeAgent:
 
     selected: dict[int, Any] = field(default_factory=dict)
     consent_lost: set[int] = field(default_factory=set)
+    remote_candidates: list[Any] = field(default_factory=list)
 
     def select(self, component: int, remote: tuple[str, int]) -> None:
         self.selected[component] = types.SimpleNamespace(
@@ -149,6 +150,26 @@ def test_selection_is_noticed_without_the_event() -> None:
     ice.agent.select(1, PEER)
     run(reactor, 0.1)
     assert stream.state is StreamState.ACTIVE and len(ice.rtp(1)) >= 4
+
+
+def test_media_from_another_peer_candidate_is_accepted() -> None:
+    """RFC 8445 §12.2: data from another of the peer's candidates of the component (a peer
+    that sends through its own TURN relay) is taken as the selected path's; a source that is
+    not one of the peer's candidates is still dropped."""
+    reactor, ice, stream, events = ice_stream()
+    relay = ("203.0.113.10", 49200)
+    ice.agent.remote_candidates = [types.SimpleNamespace(component=1, address=relay),
+                                   types.SimpleNamespace(component=2, address=OTHER)]
+    ice.agent.select(1, PEER)
+    run(reactor, 0.02)
+    peer = peer_session(reactor.seconds())
+    now = reactor.seconds()
+    stream.app_data_received(AppData(1, peer.send_frame(bytes(320), now), relay))
+    assert stream.stats().packets_from_other_candidates == 1
+    assert any(isinstance(e, FirstPacketReceived) and e.source == PEER for e in events)
+    # OTHER is a candidate of component 2 only: not accepted on component 1.
+    stream.app_data_received(AppData(1, peer.send_frame(bytes(320), now), OTHER))
+    assert stream.stats().session.packets_from_unexpected_source == 1
 
 
 def test_media_accepted_only_from_the_selected_pair() -> None:
