@@ -97,19 +97,12 @@ def check_baresip_audio(peer: BaresipPeer) -> None:
     assert abs(tone_of(received) - SIPUA_TONE) < 5
 
 
-#: Across prc-sym baresip's TURN client relays its RTP to our relayed candidate through its own
-#: allocation (libre wraps every packet to a peer it holds a TURN permission for), so it
-#: arrives from baresip's relay address, not from the selected pair's remote address; sipua's
-#: media stream drops RTP from any address but the selected pair's (media/stream.py
-#: IceMediaStream._poll -> RtpSession.set_expected_source), against RFC 8445 §12.2 (be ready to
-#: receive on any candidate pair). Remove the mark once the stream accepts the valid pairs.
-DROPS_RELAYED_MEDIA = pytest.mark.xfail(
-    reason="sipua drops RTP that baresip relays through its own TURN allocation "
-           "(source is not the selected pair's remote address)", strict=True)
 
-
-@pytest.mark.parametrize("topology", ["prc-prc",
-                                      pytest.param("prc-sym", marks=DROPS_RELAYED_MEDIA)])
+#: Across prc-sym baresip's TURN client sends its RTP through its own allocation (libre wraps
+#: every packet to a peer it holds a TURN permission for, and our relayed candidate shares the
+#: server's address), so it arrives from baresip's relay address rather than the selected pair's
+#: remote address: the media stream must accept the peer's other candidates (RFC 8445 §12.2).
+@pytest.mark.parametrize("topology", ["prc-prc", "prc-sym"])
 @pytest.mark.parametrize("nomination", ["regular", "aggressive"])
 def test_sipua_calls_baresip(lab_of: Callable[[str], Lab], tmp_path: Path, topology: str,
                              nomination: str) -> None:
