@@ -8,6 +8,7 @@ import pty
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,23 @@ def _answerer(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
     raise AssertionError("sipua answer did not say where it listens")
 
 
+def _wait_for_event(proc: subprocess.Popen[str], name: str, timeout: float = 10.0) -> None:
+    """Read the answerer's JSON lines (in a thread: a buffered pipe defeats select) until one
+    is the event ``name``."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stdout:
+            if json.loads(line).get("event") == name:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), f"sipua answer printed no {name} event"
+
+
 def test_dial_status_hold_hangup_quit(phone: Terminal, tmp_path: Path) -> None:
     """Without audio the phone says so; `dial` reaches `sipua answer` and media flows;
     `status` shows the selected pair; DTMF, hold and resume are acknowledged; `hangup` ends
@@ -103,6 +121,9 @@ def test_dial_status_hold_hangup_quit(phone: Terminal, tmp_path: Path) -> None:
         phone.type(f"dial sip:bob@127.0.0.1:{port}")
         progress = phone.expect("media flowing")
         assert "answered (200)" in progress and "selected host:127.0.0.1:" in progress
+        # The phone heard the answerer; let the answerer hear the phone too before the quick
+        # commands below end the call (else it rightly reports that no media reached it).
+        _wait_for_event(answer, "FirstPacketReceived")
         phone.type("status")
         status = phone.expect("RTP sent")
         assert "outgoing, active" in status and "component 1: host:127.0.0.1:" in status
