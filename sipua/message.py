@@ -1,10 +1,16 @@
 """SIP messages: parser, serializer and typed header views (RFC 3261 §7, §20, §25).
 
-Parsing splits the header block once into an ordered multi-map of raw values (compact names
-expanded, known names canonicalised, unknown headers kept verbatim). Typed values (Via, From,
-To, CSeq, Contact, ...) are parsed on first access and cached in the :class:`Headers` object, which
-drops its cache whenever it is changed. The hot path of a transaction layer (top Via branch, tags,
-Call-ID, CSeq) therefore costs one split plus the few values it actually reads.
+Parsing splits the header block once into an index of raw values by name (compact names
+expanded, known names canonicalised, unknown headers kept verbatim); the ordered item list is
+only built when something needs the order (a change, :meth:`Headers.items`, the first encode).
+:func:`parse` checks the start line, the header block's syntax, the required headers, CSeq and
+Content-Length; the other typed values (Via, From, To, Contact, ...) are parsed on first access
+and cached in the :class:`Headers` object, which drops its cache whenever it is changed.
+:meth:`Message.validate` reads them all. The usual shapes of start lines, URIs, Via and
+name-addr values are each validated and split by one precompiled match, with the full grammar as
+the fallback. The hot path of a transaction layer (top Via branch, tags, Call-ID, CSeq) therefore
+costs one split plus the few values it actually reads; the encoded header block is cached too,
+until the headers change.
 
 Every malformed input raises :class:`SipParseError` and nothing else; it carries the status code
 to answer a bad request with and the raw Via/From/To/Call-ID/CSeq read so far, so that
@@ -19,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
 
-from sipua.uri import SipParseError, SipUri, parse_uri
+from sipua.uri import FAST_URI_PATTERN, SipParseError, SipUri, _fast_uri, parse_uri
 
 __all__ = [
     "DEFAULT_MAX_FORWARDS",
@@ -83,6 +89,10 @@ _FAST_NAMES.update({short: (key, _DISPLAY[key]) for short, key in _COMPACT.items
                     if key in _DISPLAY})
 _FAST_NAMES.update({key: (key, name) for key, name in _DISPLAY.items()})
 _FAST_NAMES.update({"Call-Id": ("call-id", "Call-ID"), "Cseq": ("cseq", "CSeq")})
+#: name exactly as usually written -> key
+_FAST_KEYS: dict[str, str] = {name: entry[0] for name, entry in _FAST_NAMES.items()}
+#: the key in :attr:`Headers._cache` of the encoded header lines (no header has this name)
+_WIRE = " wire"
 
 #: Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1); others are never split.
 _LIST_HEADERS = frozenset((
@@ -106,14 +116,24 @@ _PARAM_VALUE_RE = re.compile(r"[^\x00-\x20\x7f\"<>,;\\]+")
 # ;name=value... without quotes or white space: validated in one match, then split.
 # The common shapes, without quotes or odd white space, validated by one match each (no nested
 # quantifiers over overlapping classes: linear time); anything else takes the general path.
-_PARAMS_PATTERN = r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^\x00-\x20\x7f\"<>,;\\]+)?)*"
+_PARAMS_PATTERN = r"(?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[^\x00-\x20\x7f\"<>,;\\]++)?)*+"
 _FAST_PARAMS_RE = re.compile(_PARAMS_PATTERN)
 _FAST_VIA_RE = re.compile(
     r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-_.]*)(?::([0-9]{1,5}))?(" + _PARAMS_PATTERN
     + ")")
+_DISPLAY_PATTERN = r"[A-Za-z0-9\-.!%*_+`'~ \t\u0080-\U0010ffff]*"
+# name-addr with a sip/sips URI written the usual way: display, URI and parameters in one match.
+_FAST_NAME_ADDR_URI_RE = re.compile(
+    r'(?:"((?:[^"\\]|\\.)*)"[ \t]*|(' + _DISPLAY_PATTERN + "))<" + FAST_URI_PATTERN
+    + r">[ \t]*(" + _PARAMS_PATTERN + ")", re.DOTALL)
 _FAST_NAME_ADDR_RE = re.compile(
     r'(?:"((?:[^"\\]|\\.)*)"[ \t]*|([^"<>]*))<([^<>]*)>[ \t]*(' + _PARAMS_PATTERN + ")",
     re.DOTALL)
+# RFC 3261 §7.1, §7.2: the usual start lines in one match each; anything else (other spellings
+# of the version, escapes or headers in the Request-URI, errors) takes the general path.
+_FAST_STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.DOTALL)
+_FAST_REQUEST_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) " + FAST_URI_PATTERN + " SIP/2\\.0")
+_FAST_CSEQ_RE = re.compile(r"([0-9]{1,10}) ([A-Za-z0-9\-.!%*_+`'~]+)")
 _CALL_ID_RE = re.compile(r"[^\x00-\x20\x7f\"<>]+")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _SENT_BY_LWS_RE = re.compile(r"[ \t]*([/:])[ \t]*")
@@ -325,7 +345,12 @@ def parse_via(text: str) -> Via:
             port = int(port_text)
             if port > 65535:
                 raise SipParseError(f"bad Via port in {text!r}")
-        return Via(transport.upper(), host, port, _param_dict(param_text))
+        params: dict[str, str | None] = {}
+        if param_text:
+            for item in param_text[1:].split(";"):
+                name, eq, value = item.partition("=")
+                params[name.lower()] = value if eq else None
+        return Via(transport if transport.isupper() else transport.upper(), host, port, params)
     text = text.strip()
     semi = text.find(";")
     if semi >= 0:
@@ -391,11 +416,27 @@ def parse_name_addr(text: str) -> NameAddr:
     In the addr-spec form (no angle brackets) everything after the first ';' is a header
     parameter, not a URI parameter (RFC 3261 §20.10).
     """
+    match = _FAST_NAME_ADDR_URI_RE.fullmatch(text)
+    if match is not None:
+        quoted, words, scheme, user, host, port, uri_params, param_text = match.groups()
+        display: str | None
+        if quoted is None:
+            display = words.strip() or None
+        elif "\\" in quoted:
+            display = _unquote(f'"{quoted}"')
+        else:
+            display = quoted
+        params: dict[str, str | None] = {}
+        if param_text:
+            for item in param_text[1:].split(";"):
+                name, eq, value = item.partition("=")
+                params[name.lower()] = value if eq else None
+        return NameAddr(_fast_uri(scheme, user, host, port, uri_params, text), display, params)
     match = _FAST_NAME_ADDR_RE.fullmatch(text)
     if match is not None:
         quoted, words, uri_text, param_text = match.groups()
         if quoted is not None:
-            display: str | None = _unquote(f'"{quoted}"')
+            display = _unquote(f'"{quoted}"')
         else:
             words = words.strip()
             if words and not _DISPLAY_TOKENS_RE.fullmatch(words):
@@ -456,13 +497,20 @@ class CSeq(NamedTuple):
 
 def parse_cseq(text: str) -> CSeq:
     """Parse ``number method``; the number must be below 2**31 (RFC 3261 §8.1.1.5)."""
+    match = _FAST_CSEQ_RE.fullmatch(text)
+    if match is not None:
+        number_text, method = match.groups()
+        number = int(number_text)
+        if number >= _MAX_CSEQ:
+            raise SipParseError(f"bad CSeq {text!r}")
+        return tuple.__new__(CSeq, (number, method))  # the generated __new__ costs twice that
     parts = text.split()
     if len(parts) != 2:
         raise SipParseError(f"bad CSeq {text!r}")
-    number = _digits(parts[0])
-    if number is None or number >= _MAX_CSEQ or not _TOKEN_RE.fullmatch(parts[1]):
+    digits = _digits(parts[0])
+    if digits is None or digits >= _MAX_CSEQ or not _TOKEN_RE.fullmatch(parts[1]):
         raise SipParseError(f"bad CSeq {text!r}")
-    return CSeq(number, parts[1])
+    return CSeq(digits, parts[1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,12 +522,17 @@ class Headers:
     Known header names are stored in their canonical spelling (``Call-ID``, ``CSeq``), unknown
     ones as written. Each entry is one header line; :meth:`get_all` also splits list headers
     (Via, Contact, Route, Allow, ...) on top-level commas.
+
+    A parsed block keeps its (already validated) lines and builds the ordered item list only
+    when something asks for the order (:meth:`items`, a change, the first encode): the index by
+    name is all that reading a message needs.
     """
 
-    __slots__ = ("_cache", "_index", "_items")
+    __slots__ = ("_cache", "_index", "_lines", "_list")
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._items: list[tuple[str, str]] = []
+        self._list: list[tuple[str, str]] | None = []
+        self._lines: list[str] | None = None
         self._index: dict[str, list[str]] = {}
         self._cache: dict[str, Any] = {}
         if items:
@@ -487,12 +540,27 @@ class Headers:
                 self.add(name, value)
 
     @classmethod
-    def _from_parsed(cls, items: list[tuple[str, str]], index: dict[str, list[str]]) -> Headers:
+    def _from_lines(cls, lines: list[str], index: dict[str, list[str]]) -> Headers:
+        """Headers over header lines that :func:`_index_lines` accepted and indexed."""
         headers = cls.__new__(cls)
-        headers._items = items
+        headers._list = None
+        headers._lines = lines
         headers._index = index
         headers._cache = {}
         return headers
+
+    @property
+    def _items(self) -> list[tuple[str, str]]:
+        items = self._list
+        if items is None:
+            items = self._list = _items_from_lines(self._lines or [], self._index)
+            self._lines = None
+        return items
+
+    @_items.setter
+    def _items(self, items: list[tuple[str, str]]) -> None:
+        self._list = items
+        self._lines = None
 
     def _reindex(self) -> None:
         index: dict[str, list[str]] = {}
@@ -508,10 +576,10 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value (the first list element for list headers), or ``default``."""
-        values = self._index.get(_key(name))
+        key = _FAST_KEYS.get(name) or _key(name)
+        values = self._index.get(key)
         if not values:
             return default
-        key = _key(name)
         if key in _LIST_HEADERS:
             for value in values:
                 items = split_list(value)
@@ -522,7 +590,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every value, across repeated headers and split on commas for list headers."""
-        key = _key(name)
+        key = _FAST_KEYS.get(name) or _key(name)
         values = self._index.get(key)
         if not values:
             return []
@@ -557,16 +625,17 @@ class Headers:
         """Add one header line, after the others of that name or before them with ``first``."""
         key = _key(name)
         display = self._display(name)
+        items = self._items
         if first:
-            for position, item in enumerate(self._items):
+            for position, item in enumerate(items):
                 if _key(item[0]) == key:
-                    self._items.insert(position, (display, value))
+                    items.insert(position, (display, value))
                     break
             else:
-                self._items.append((display, value))
+                items.append((display, value))
             self._reindex()
             return
-        self._items.append((display, value))
+        items.append((display, value))
         self._index.setdefault(key, []).append(value)
         self._cache.clear()
 
@@ -579,7 +648,7 @@ class Headers:
         self._reindex()
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and _key(name) in self._index
+        return isinstance(name, str) and (_FAST_KEYS.get(name) or _key(name)) in self._index
 
     def items(self) -> list[tuple[str, str]]:
         """(name, raw value) per header line, in order."""
@@ -587,8 +656,33 @@ class Headers:
 
     def copy(self) -> Headers:
         """An independent copy (the typed-value cache is not shared)."""
-        return Headers._from_parsed(list(self._items),
-                                    {key: list(values) for key, values in self._index.items()})
+        index = {key: list(values) for key, values in self._index.items()}
+        if self._list is None:
+            return Headers._from_lines(list(self._lines or []), index)
+        headers = Headers._from_lines([], index)
+        headers._list = list(self._list)
+        return headers
+
+    def _wire(self) -> tuple[bytes, bytes]:
+        """The encoded header lines before and after the (first) Content-Length, cached.
+
+        The cache lives in ``_cache``, which every change clears, so a message that is sent
+        again (retransmissions, a forwarded request) is not re-serialised.
+        """
+        wire: tuple[bytes, bytes] | None = self._cache.get(_WIRE)
+        if wire is None:
+            before: list[str] = []
+            after: list[str] = []
+            out = before
+            for name, value in self._items:
+                if name == "Content-Length":
+                    out = after
+                    continue
+                out.append(f"{name}: {value}\r\n")
+            wire = ("".join(before).encode("utf-8", "surrogateescape"),
+                    "".join(after).encode("utf-8", "surrogateescape"))
+            self._cache[_WIRE] = wire
+        return wire
 
     def __len__(self) -> int:
         return len(self._items)
@@ -624,21 +718,10 @@ class Message:
 
     def encode(self) -> bytes:
         """The wire form; Content-Length is always written and matches the body."""
+        before, after = self.headers._wire()
         body = self.body
-        content_length = f"Content-Length: {len(body)}"
-        lines = [self.start_line()]
-        written = False
-        for name, value in self.headers._items:
-            if name == "Content-Length":
-                if not written:
-                    lines.append(content_length)
-                    written = True
-                continue
-            lines.append(f"{name}: {value}")
-        if not written:
-            lines.append(content_length)
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+        return b"".join((self.start_line().encode("utf-8", "surrogateescape"), b"\r\n", before,
+                         b"Content-Length: %d\r\n" % len(body), after, b"\r\n", body))
 
     def __bytes__(self) -> bytes:
         return self.encode()
@@ -679,14 +762,18 @@ class Message:
     @property
     def vias(self) -> list[Via]:
         """Every Via, top first (RFC 3261 §20.42)."""
-        cache = self.headers._cache
-        value: list[Via] | None = cache.get("vias")
+        headers = self.headers
+        value: list[Via] | None = headers._cache.get("vias")
         if value is None:
+            values = headers._index.get("via")
             try:
-                value = [parse_via(v) for v in self.headers.get_all("via")]
+                if values is not None and len(values) == 1 and "," not in values[0]:
+                    value = [parse_via(values[0])]
+                else:
+                    value = [parse_via(v) for v in headers.get_all("via")]
             except SipParseError as error:
                 raise self._failed(error) from None
-            cache["vias"] = value
+            headers._cache["vias"] = value
         return value
 
     @vias.setter
@@ -698,13 +785,15 @@ class Message:
     @property
     def call_id(self) -> str:
         """Call-ID (RFC 3261 §20.8)."""
-        cache = self.headers._cache
-        value: str | None = cache.get("call-id")
+        headers = self.headers
+        value: str | None = headers._cache.get("call-id")
         if value is None:
-            value = self._required("call-id")
+            values = headers._index.get("call-id")
+            value = values[0] if values is not None and len(values) == 1 else \
+                self._required("call-id")
             if not _CALL_ID_RE.fullmatch(value):
                 raise self._failed(SipParseError(f"bad Call-ID {value!r}"))
-            cache["call-id"] = value
+            headers._cache["call-id"] = value
         return value
 
     @call_id.setter
@@ -729,14 +818,16 @@ class Message:
         self.headers.set("CSeq", str(value))
 
     def _name_addr(self, key: str) -> NameAddr:
-        cache = self.headers._cache
-        value: NameAddr | None = cache.get(key)
+        headers = self.headers
+        value: NameAddr | None = headers._cache.get(key)
         if value is None:
+            values = headers._index.get(key)
             try:
-                value = parse_name_addr(self._required(key))
+                value = parse_name_addr(values[0] if values is not None and len(values) == 1
+                                        else self._required(key))
             except SipParseError as error:
                 raise self._failed(error) from None
-            cache[key] = value
+            headers._cache[key] = value
         return value
 
     @property
@@ -963,45 +1054,69 @@ def _unfold(lines: list[str]) -> list[str]:
     return out
 
 
-def _parse_head(head: str) -> tuple[str, list[tuple[str, str]], dict[str, list[str]]]:
-    """Split the header block into the start line and the header multi-map."""
+def _line_key(name: str, colon: str, line: str, index: dict[str, list[str]]) -> str:
+    """The key of a header line whose name is not spelled as usual (or that has no colon)."""
+    if not colon:
+        raise SipParseError(f"header line without colon: {line[:40]!r}", partial=_partial(index))
+    name = name.rstrip(" \t")
+    key = _KEYS.get(name.lower())
+    if key is None:
+        if not _TOKEN_RE.fullmatch(name):
+            raise SipParseError(f"bad header name {name[:40]!r}", partial=_partial(index))
+        key = name.lower()
+    return key
+
+
+def _parse_head(head: str) -> tuple[str, list[str], dict[str, list[str]]]:
+    """Split the header block into the start line, the header lines and their index by key.
+
+    One split and one partition per line; names spelled as usual cost one dict lookup.
+    """
     lines = head.split("\r\n")
     if head.count("\n") != len(lines) - 1:  # bare LF line ends: tolerated
         lines = head.replace("\r\n", "\n").split("\n")
     if "\n " in head or "\n\t" in head:
         lines = _unfold(lines)
-    items: list[tuple[str, str]] = []
+    start_line = lines[0]
+    del lines[0]
     index: dict[str, list[str]] = {}
-    fast = _FAST_NAMES
-    for position in range(1, len(lines)):
-        line = lines[position]
+    keys = _FAST_KEYS
+    for line in lines:
         name, colon, value = line.partition(":")
-        entry = fast.get(name)
+        key = keys.get(name)
+        if key is None or not colon:
+            key = _line_key(name, colon, line, index)
+        if key not in index:
+            index[key] = [value.strip()]
+        elif key in _SINGLE_SET:
+            raise SipParseError(f"more than one {_DISPLAY.get(key, key)} header",
+                                partial=_partial(index))
+        else:
+            index[key].append(value.strip())
+    return start_line, lines, index
+
+
+def _items_from_lines(lines: list[str], index: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(canonical name, value) per header line already accepted by :func:`_parse_head`."""
+    display = _DISPLAY
+    if len(index) == len(lines):
+        # No name repeats, so the index is in line order and holds every value already.
+        return [(display.get(key) or line.partition(":")[0].rstrip(" \t"), values[0])
+                for line, (key, values) in zip(lines, index.items(), strict=True)]
+    items: list[tuple[str, str]] = []
+    names = _FAST_NAMES
+    for line in lines:
+        name, _, value = line.partition(":")
+        entry = names.get(name)
         if entry is None:
-            if not colon:
-                raise SipParseError(f"header line without colon: {line[:40]!r}",
-                                    partial=_partial(index))
             name = name.rstrip(" \t")
             key = _KEYS.get(name.lower())
-            if key is None:
-                if not _TOKEN_RE.fullmatch(name):
-                    raise SipParseError(f"bad header name {name[:40]!r}",
-                                        partial=_partial(index))
-                key = name.lower()
-            else:
-                name = _DISPLAY[key]
+            if key is not None:
+                name = display[key]
         else:
-            key, name = entry
-        value = value.strip()
-        items.append((name, value))
-        values = index.get(key)
-        if values is None:
-            index[key] = [value]
-        elif key in _SINGLE_SET:
-            raise SipParseError(f"more than one {name} header", partial=_partial(index))
-        else:
-            values.append(value)
-    return lines[0], items, index
+            name = entry[1]
+        items.append((name, value.strip()))
+    return items
 
 
 def _content_length(index: dict[str, list[str]]) -> int | None:
@@ -1020,6 +1135,11 @@ def parse(data: bytes, *, stream: bool = False) -> Request | Response:
     For a datagram (RFC 3261 §18.3) a body shorter than Content-Length is an error, bytes beyond
     it are discarded and without Content-Length the body is the rest of the datagram. With
     ``stream`` the data is exactly one framed message and Content-Length is required.
+
+    What is checked here: the start line (and the Request-URI), the header block's syntax, that
+    Via, From, To, Call-ID and CSeq are present, at most one of each single-valued header,
+    Content-Length against the body, and CSeq (its method must match the request's). The other
+    typed values are checked when first read (see :meth:`Message.validate`).
     """
     try:
         return _parse(data if type(data) is bytes else bytes(data), stream)
@@ -1048,10 +1168,14 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
             rest = b""
             if not head_bytes:
                 raise SipParseError("empty message")
-    head = head_bytes.decode("utf-8", "surrogateescape")
-    start_line, items, index = _parse_head(head)
+    start_line, lines, index = _parse_head(head_bytes.decode("utf-8", "surrogateescape"))
 
-    length = _content_length(index)
+    values = index.get("content-length")
+    if values is not None and len(values) == 1 and len(values[0]) < 10 and \
+            values[0].isdigit() and values[0].isascii():
+        length: int | None = int(values[0])
+    else:
+        length = _content_length(index)  # absent, or raises
     if length is None:
         if stream:
             raise SipParseError("Content-Length required on stream transports",
@@ -1062,16 +1186,30 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
     else:
         body = rest[:length] if len(rest) > length else rest
 
-    headers = Headers._from_parsed(items, index)
     message: Request | Response
-    if start_line[:4].upper() == "SIP/":
+    match = _FAST_STATUS_RE.fullmatch(start_line)
+    if match is not None:
+        message = Response.__new__(Response)
+        message.status = int(match.group(1))
+        message.reason = match.group(2) or ""
+    elif start_line[:4].upper() == "SIP/":
         message = _parse_status_line(start_line, index)
     else:
-        message = _parse_request_line(start_line, index)
-    message.headers = headers
-    message.body = body
+        match = _FAST_REQUEST_RE.fullmatch(start_line)
+        if match is None:
+            message = _parse_request_line(start_line, index)
+        else:
+            method, scheme, user, host, port, params = match.groups()
+            message = Request.__new__(Request)
+            message.method = method
+            try:
+                message.uri = _fast_uri(scheme, user, host, port, params, start_line)
+            except SipParseError as error:
+                error.partial = _partial(index)
+                raise
 
-    if not _REQUIRED_SET.issubset(index):
+    if not ("via" in index and "from" in index and "to" in index and "call-id" in index
+            and "cseq" in index):
         for key in _REQUIRED_HEADERS:
             if key not in index:
                 raise SipParseError(f"missing {_DISPLAY[key]} header", partial=_partial(index))
@@ -1080,10 +1218,13 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
     except SipParseError as error:
         error.partial = _partial(index)
         raise
-    headers._cache["cseq"] = cseq
     if isinstance(message, Request) and cseq.method != message.method:
         raise SipParseError("CSeq method does not match the request method",
                             partial=_partial(index))
+    headers = Headers._from_lines(lines, index)
+    headers._cache["cseq"] = cseq
+    message.headers = headers
+    message.body = body
     return message
 
 

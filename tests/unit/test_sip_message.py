@@ -479,3 +479,182 @@ def test_stream_round_trip(message: Request | Response, chunk: int) -> None:
     for start in range(0, len(data), chunk):
         out.extend(parser.feed(data[start:start + chunk]))
     assert [content(m) for m in out] == [content(message)] * 2
+
+
+# -- what parse() checks now and what the typed views check on first read ----------------------
+
+def response(*lines: str) -> bytes:
+    """A 180 whose header lines are the usual ones, each replaceable by name."""
+    headers = {"Via": "SIP/2.0/UDP h;branch=z9hG4bKx", "To": "<sip:b@h>;tag=9",
+               "From": "<sip:a@h>;tag=1", "Call-ID": "c1", "CSeq": "2 INVITE"}
+    extra: list[str] = []
+    for line in lines:
+        name, _, value = line.partition(": ")
+        if name in headers:
+            headers[name] = value
+        else:
+            extra.append(line)
+    head = ["SIP/2.0 180 Ringing", *(f"{n}: {v}" for n, v in headers.items()), *extra]
+    return ("\r\n".join(head) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("line,view", [
+    ("Via: SIP/2.0/UDP h:99999;branch=z9hG4bKx", "vias"),
+    ("Via: HTTP/1.1 h", "vias"),
+    ("From: <sip:a@h;tag=1", "from_"),
+    ("To: Bell, Alex <sip:b@h>", "to"),
+    ("Call-ID: has space", "call_id"),
+    ("Max-Forwards: many", "max_forwards"),
+    ("Contact: <sip:c@h>;q=\"open", "contacts"),
+    ("Route: <sip:p@h;lr", "routes"),
+    ("Expires: soon", "expires"),
+])
+def test_bad_typed_value_raises_on_first_read(line: str, view: str) -> None:
+    """parse() leaves typed values alone; the first read raises SipParseError, and so does
+    every later read and validate() (for the views it covers)."""
+    message = parse(response(line))
+    for _ in range(2):
+        with pytest.raises(SipParseError) as info:
+            getattr(message, view)
+        assert info.value.status == 400
+        assert info.value.partial["Call-ID"] == "c1" or view == "call_id"
+    if view in ("vias", "from_", "to", "call_id", "max_forwards", "contacts"):
+        with pytest.raises(SipParseError):
+            message.validate()
+
+
+def test_validate_reads_every_required_view() -> None:
+    """validate() parses Via, From, To, Call-ID, CSeq, Max-Forwards and Contact now."""
+    message = parse(response("Contact: <sip:c@h>", "Max-Forwards: 3"))
+    message.validate()
+    assert message.vias[0].branch == "z9hG4bKx"
+    assert (message.from_.tag, message.to.tag, message.call_id) == ("1", "9", "c1")
+    assert message.contacts[0].uri.user == "c"
+    assert message.max_forwards == 3
+    assert message.vias is message.vias  # parsed once, then cached
+    message.headers.set("Via", "SIP/2.0/TCP other;branch=z9hG4bKy")
+    assert message.vias[0].branch == "z9hG4bKy"
+
+
+def test_start_line_and_cseq_are_checked_eagerly() -> None:
+    """A bad status line, a bad CSeq or a missing header fail parse() itself."""
+    for data in (response().replace(b"180", b"18x"), response("CSeq: 2"),
+                 response().replace(b"Call-ID: c1\r\n", b"")):
+        with pytest.raises(SipParseError):
+            parse(data)
+
+
+def test_known_header_name_without_colon_is_an_error() -> None:
+    """'Via' or 'm' alone on a line is not an empty header (RFC 3261 §7.3.1)."""
+    for name in (b"Via", b"m", b"Subject"):
+        with pytest.raises(SipParseError) as info:
+            parse(invite().replace(b"Max-Forwards: 70\r\n", name + b"\r\n"))
+        assert info.value.status == 400
+
+
+@pytest.mark.parametrize("start", [
+    "INVITE sip:bob@biloxi.example.com SIP/2.0",
+    "INVITE sip:bob@biloxi.example.com sip/2.0",
+    "INVITE SIP:bob@biloxi.example.com SIP/2.0",
+    "INVITE sip:bob@biloxi.example.com:5060;transport=tcp;lr SIP/2.0",
+    "INVITE sip:%62ob@biloxi.example.com SIP/2.0",
+])
+def test_request_line_paths_agree(start: str) -> None:
+    """The usual request line (one match) and the general path give the same Request-URI."""
+    message = parse(invite().replace(b"INVITE sip:bob@biloxi.example.com SIP/2.0",
+                                     start.encode(), 1))
+    assert isinstance(message, Request)
+    assert message.uri == parse_uri(start.split(" ")[1])
+    assert message.uri.user == "bob"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("314159 INVITE", CSeq(314159, "INVITE")),
+    ("0009\tINVITE", CSeq(9, "INVITE")),
+    ("2147483647 ACK", CSeq(2**31 - 1, "ACK")),
+    ("000000000001 BYE", CSeq(1, "BYE")),
+    ("2147483648 ACK", None),
+    ("9999999999 ACK", None),
+    ("1 IN VITE", None),
+    ("1", None),
+])
+def test_cseq_forms(text: str, expected: CSeq | None) -> None:
+    """CSeq: number below 2**31 and a method token, whichever path reads it."""
+    data = invite().replace(b"CSeq: 314159 INVITE", f"CSeq: {text}".encode())
+    if expected is None:
+        with pytest.raises(SipParseError):
+            parse(data)
+        return
+    data = data.replace(b"INVITE sip:", f"{expected.method} sip:".encode(), 1)
+    assert parse(data).cseq == expected
+
+
+def test_header_order_kept_with_lazy_item_list() -> None:
+    """items() gives every line in order with canonical names, repeated or not, and changes
+    made before the list is first built land in the right place."""
+    data = invite("v: SIP/2.0/TCP p.example.com;branch=z9hG4bKp\r\nX-Odd-Name : kept\r\n"
+                  "Allow: INVITE\r\nallow: BYE\r\n")
+    names = [name for name, _ in parse(data).headers.items()]
+    assert names == ["Via", "Max-Forwards", "To", "From", "Call-ID", "CSeq", "Contact", "Via",
+                     "X-Odd-Name", "Allow", "Allow", "Content-Type", "Content-Length"]
+    plain = parse(invite())
+    assert [n for n, _ in plain.headers.items()] == [
+        "Via", "Max-Forwards", "To", "From", "Call-ID", "CSeq", "Contact", "Content-Type",
+        "Content-Length"]
+    changed = parse(data)
+    changed.headers.add("Via", "SIP/2.0/UDP first;branch=z9hG4bKf", first=True)
+    changed.headers.set("Allow", "ACK")
+    changed.headers.remove("X-Odd-Name")
+    items = changed.headers.items()
+    assert items[0] == ("Via", "SIP/2.0/UDP first;branch=z9hG4bKf")
+    assert [v for n, v in items if n == "Allow"] == ["ACK"]
+    assert "X-Odd-Name" not in changed.headers
+    assert len(changed.headers) == len(items) == 12
+    copied = parse(data).headers.copy()
+    copied.add("Subject", "only in the copy")
+    assert len(copied) == 14
+    assert parse(data).headers.get("Subject") is None
+
+
+def test_encode_follows_every_change() -> None:
+    """The encoded header block is reused until the headers change; the start line and the
+    body are always current."""
+    message = parse(invite())
+    first = message.encode()
+    assert message.encode() == first == invite()
+    message.headers.set("Subject", "new")
+    assert b"\r\nSubject: new\r\n" in message.encode()
+    message.body = b"x"
+    encoded = message.encode()
+    assert b"\r\nContent-Length: 1\r\n" in encoded
+    assert encoded.endswith(b"\r\nSubject: new\r\n\r\nx")
+    assert isinstance(message, Request)
+    message.uri = parse_uri("sip:carol@example.com")
+    assert message.encode().startswith(b"INVITE sip:carol@example.com SIP/2.0\r\n")
+    message.max_forwards = 10
+    assert b"\r\nMax-Forwards: 10\r\n" in message.encode()
+    reply = make_response(message, 180)
+    reply.encode()
+    reply.status, reply.reason = 183, "Session Progress"
+    assert reply.encode().startswith(b"SIP/2.0 183 Session Progress\r\n")
+
+
+@given(name_addr())
+def test_name_addr_paths_agree(addr: NameAddr) -> None:
+    """The one-match name-addr path reads what the general parser reads (the upper-case
+    scheme is valid and only the general path takes it)."""
+    text = str(addr)
+    assert parse_name_addr(text) == addr
+    assert parse_name_addr(text.replace("<sip:", "<SIP:", 1)) == addr
+
+
+@given(st.sampled_from(["UDP", "TCP", "TLS", "tcp"]), _HOST, st.none() | st.integers(0, 65535),
+       st.dictionaries(_TOKEN.map(str.lower), st.none() | _TOKEN, max_size=3))
+def test_via_paths_agree(transport: str, host: str, port: int | None,
+                         params: dict[str, str | None]) -> None:
+    """The one-match Via path and the general path (LWS around '/') read the same Via."""
+    params.pop("rport", None)
+    text = str(Via(transport, host, port, params))
+    expected = Via(transport.upper(), host, port, params)
+    assert parse_via(text) == expected
+    assert parse_via(text.replace("SIP/2.0/", "SIP / 2.0 / ", 1)) == expected

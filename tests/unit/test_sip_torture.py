@@ -280,7 +280,11 @@ def _touch(message: Message) -> None:
         str(via)
     if isinstance(message, Request):
         str(message.uri)
-    message.encode()
+    # the item list is built lazily from the parsed lines (here once in a copy, once in the
+    # original): both must give the same headers and the same wire form
+    copy = message.copy()
+    assert copy.encode() == message.encode()
+    assert copy.headers.items() == message.headers.items()
 
 
 @settings(max_examples=300)

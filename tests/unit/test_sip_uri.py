@@ -73,7 +73,8 @@ def test_unknown_scheme_416_or_opaque() -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "sip:", "sip:@host", "sip:alice@", "sip:alice@host:99999", "sip:alice@host:port",
+    "sip:", "sip:@host", "sip:alice@", "sip:alice@host:99999", "sip:alice@host:65536",
+    "sip:alice@host:port",
     "sip:alice@[::1", "sip:alice@[zz::1]", "sip:al ice@host", "sip:alice@host;", "sip:a%4@host",
     "alice@host", "sip:alice@host;lr?", "sip:alice@ho st", "1sip:x@y",
 ])
@@ -165,6 +166,18 @@ def test_round_trip(uri: SipUri) -> None:
     again = parse_uri(str(uri))
     assert again == uri
     assert uri_equal(again, uri)
+
+
+@given(sip_uris())
+def test_fast_path_reads_what_the_general_path_reads(uri: SipUri) -> None:
+    """The one-match path for the usual shape agrees with the general parser.
+
+    An upper-case scheme is valid (RFC 3261 §19.1.4: schemes compare case-insensitively) and
+    only the general path accepts it, so it serves as the reference.
+    """
+    text = str(uri)
+    general = parse_uri(uri.scheme.upper() + text[len(uri.scheme):])
+    assert parse_uri(text) == general == uri
 
 
 @given(st.text(max_size=60))
