@@ -589,6 +589,19 @@ def run_call_command(uri: str, opts: CommandOptions, *, emit: Callable[[str], No
         if prepare is not None:
             prepare(ua)
         call: Call | None = None
+        cleaned_up: Deferred[None] = Deferred()
+        flowing = [False]
+        interrupted = [False]
+
+        def interrupt() -> Deferred[None]:
+            # SIGINT/SIGTERM stop the reactor: hang up first and keep the reactor running until
+            # the report is out and the user agent has unregistered (at most a few seconds).
+            interrupted[0] = True
+            if call is not None and call.active:
+                call.hangup()
+            return _bounded(cleaned_up, reactor, SHUTDOWN_GRACE)
+
+        reactor.addSystemEventTrigger("before", "shutdown", interrupt)
         try:
             if ua.account is not None and ua.account.registrar is not None \
                     and ua.account.register:
@@ -597,6 +610,7 @@ def run_call_command(uri: str, opts: CommandOptions, *, emit: Callable[[str], No
             call = await ua.call(uri, source=_source(opts), sink=sink)
             printer.say(f"calling {uri} from {ua.aor}")
             await call.media_flowing(timeout=opts.timeout)
+            flowing[0] = True
             printer.say("media flowing", setup=call.report().to_dict()["setup"])
             ended = call.ended()
             if opts.duration is not None:
@@ -607,13 +621,18 @@ def run_call_command(uri: str, opts: CommandOptions, *, emit: Callable[[str], No
                 await call.hangup()
             outcome.append((0, "ok"))
         except Exception as exc:
-            outcome.append(_error_code(exc))
+            if interrupted[0]:
+                outcome.append((0, "interrupted") if flowing[0]
+                               else (int(ExitCode.FAILURE), "interrupted"))
+            else:
+                outcome.append(_error_code(exc))
             if call is not None and call.active:
                 await call.hangup()
         finally:
             if call is not None:
                 printer.report(call)
             await ua.stop()
+            cleaned_up.callback(None)
 
     _react(task, go)
     return outcome[0] if outcome else (int(ExitCode.FAILURE), "interrupted")
@@ -642,8 +661,18 @@ def run_answer_command(opts: CommandOptions, *, max_calls: int, delay: float, co
         if prepare is not None:
             prepare(ua)
         all_done: Deferred[None] = Deferred()
+        cleaned_up: Deferred[None] = Deferred()
         count = [0]
         failures: list[str] = []
+
+        def interrupted() -> Deferred[None]:
+            # SIGINT/SIGTERM stop the reactor: end the wait first and keep the reactor running
+            # until the user agent has unregistered and closed its sockets.
+            if not all_done.called:
+                all_done.callback(None)
+            return _bounded(cleaned_up, reactor, SHUTDOWN_GRACE)
+
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
 
         def sink_for(call: Call) -> AudioSink:
             count[0] += 1
@@ -689,9 +718,28 @@ def run_answer_command(opts: CommandOptions, *, max_calls: int, delay: float, co
             outcome.append(_error_code(exc))
         finally:
             await ua.stop()
+            cleaned_up.callback(None)
 
     _react(task, go)
     return outcome[0] if outcome else (0, "interrupted")
+
+
+#: How long an interrupted command may take to hang up, report and unregister.
+SHUTDOWN_GRACE = 5.0
+
+
+def _bounded(done: Deferred[None], reactor: Any, seconds: float) -> Deferred[None]:
+    """A Deferred that fires when ``done`` does or after ``seconds``, whichever is first, and
+    never fails (a shutdown trigger must not hang or raise)."""
+    out: Deferred[None] = Deferred()
+
+    def finish(_: object = None) -> None:
+        if not out.called:
+            out.callback(None)
+
+    done.addBoth(finish)
+    reactor.callLater(seconds, finish)
+    return out
 
 
 def _react(task: Any, go: Callable[[Any], Any]) -> None:
