@@ -148,6 +148,11 @@ class IceUdpTransport:
         self.agent.send(component, data, self.now())
         self.driver.poke()
 
+    def send_to(self, base: LocalBase, data: bytes, dest: tuple[str, int]) -> None:
+        """Send ``data`` from ``base``'s socket to any address, outside ICE: plain RTP to a peer
+        without ICE (or after an ICE mismatch) still leaves from the sockets ICE gathered."""
+        self._send(Transmit(data, dest, base))
+
     def poke(self) -> None:
         """Flush after a command was given to the agent directly."""
         self.driver.poke()

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 
 from ice.agent import Agent, AgentState, IceSettings
-from ice.candidate import AppData, LocalBase, Transmit
+from ice.candidate import AppData, LocalBase
 from ice.events import (
     GatheringCompleted,
     IceCompleted,
@@ -156,17 +156,10 @@ class CallHost(Protocol):
 
 # --- sockets ----------------------------------------------------------------------------------
 
-class _CallTransport(IceUdpTransport):
-    """The ICE sockets, plus sending to any address for plain RTP (peers without ICE)."""
-
-    def send_to(self, base: LocalBase, data: bytes, dest: tuple[str, int]) -> None:
-        self._send(Transmit(data, dest, base))
-
-
 class _PortView:
     """One ICE socket seen as a UDP port by ``UdpMediaStream`` (plain RTP on ICE sockets)."""
 
-    def __init__(self, transport: _CallTransport, base: LocalBase,
+    def __init__(self, transport: IceUdpTransport, base: LocalBase,
                  protocol: DatagramProtocol) -> None:
         self.transport = transport
         self.base = base
@@ -192,7 +185,7 @@ class _SocketReactor:
     """A reactor for ``UdpMediaStream`` whose ``listenUDP`` hands out the ICE sockets:
     component 1 first, then component 2."""
 
-    def __init__(self, transport: _CallTransport, reactor: Any) -> None:
+    def __init__(self, transport: IceUdpTransport, reactor: Any) -> None:
         self.transport = transport
         self.reactor = reactor
         self.ports: dict[int, _PortView] = {}
@@ -288,7 +281,7 @@ class Call:
         self.state = CallState.CALLING if direction == "outgoing" else CallState.INCOMING
         self.session: InviteSession | None = None
         self.agent: Agent | None = None
-        self.transport: _CallTransport | None = None
+        self.transport: IceUdpTransport | None = None
         self.stream: MediaStream | None = None
         self._plain_reactor: _SocketReactor | None = None
         self.negotiated: _Negotiated | None = None
@@ -360,7 +353,7 @@ class Call:
         self._components = components
         self.agent = Agent(self._ice_settings(), controlling=controlling, rng=self.rng,
                            components=components)
-        self.transport = _CallTransport(self.agent, self.reactor, on_event=self._on_ice_event,
+        self.transport = IceUdpTransport(self.agent, self.reactor, on_event=self._on_ice_event,
                                         on_data=self._on_data)
         addresses = self.host.media_addresses()
         self.transport.bind(addresses[:1] if not gather else addresses, components=components)
