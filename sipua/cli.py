@@ -503,22 +503,15 @@ def phone_command(listen: str | None, tone: float, no_audio: bool, **kw: Any) ->
 
 
 def _split_hostport(text: str, *, default_port: int) -> tuple[str, int]:
-    """``HOST[:PORT]`` with IPv6 in brackets; a bad form is the user's mistake."""
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise UserError(f"expected HOST[:PORT], got {text!r}")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not host:
-        raise UserError(f"expected HOST[:PORT], got {text!r}")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UserError(f"bad port in {text!r}: expected 0-65535")
-    return host, int(port_text)
+    """``HOST[:PORT]`` with IPv6 in brackets (the settings' parser); a bad form is the user's
+    mistake, reported on one line."""
+    from sipua.settings import parse_hostport
+
+    try:
+        host, port = parse_hostport(text, default_port=default_port, allow_port_zero=True)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return host, default_port if port is None else port
 
 
 def _register_subcommands() -> None:
