@@ -493,59 +493,13 @@ def command_settings(opts: CommandOptions, base: Settings | None = None) -> Sett
         raise UserError(str(exc)) from None
 
 
-def _event_line(event: object) -> dict[str, Any]:
-    import dataclasses
+def _default_printer(emit: Callable[[str], None], as_json: bool) -> Any:
+    """The printer of sipua/output.py a command uses when its caller gives none."""
+    from rich.console import Console
 
-    to_dict = getattr(event, "to_dict", None)
-    if callable(to_dict):
-        data = dict(to_dict())
-    elif dataclasses.is_dataclass(event) and not isinstance(event, type):
-        data = {k: getattr(event, k) for k in (f.name for f in dataclasses.fields(event))}
-    else:
-        data = {"value": repr(event)}
-    data.setdefault("event", type(event).__name__)
-    return data
+    from sipua.output import HumanPrinter, JsonPrinter
 
-
-class _Printer:
-    """Events as JSON lines, or a few readable lines."""
-
-    def __init__(self, emit: Callable[[str], None], as_json: bool) -> None:
-        self.emit = emit
-        self.as_json = as_json
-
-    def event(self, event: object) -> None:
-        import json
-
-        if self.as_json:
-            self.emit(json.dumps(_event_line(event), default=str))
-
-    def say(self, text: str, **fields: Any) -> None:
-        import json
-
-        if self.as_json:
-            self.emit(json.dumps({"event": "Status", "message": text, **fields}, default=str))
-        else:
-            self.emit(text)
-
-    def report(self, call: Call) -> None:
-        import json
-
-        data = call.report().to_dict()
-        if self.as_json:
-            self.emit(json.dumps({"event": "CallReport", **data}, default=str))
-            return
-        setup = data["setup"]
-        self.emit(f"call {data['call_id']}: {data['state']}, status {data['status']}, "
-                  f"ended by {data['ended_by']} ({data['end_reason']})")
-        self.emit(f"  INVITE -> answer {setup['invite_to_answer_ms']} ms, -> ICE completed "
-                  f"{setup['invite_to_ice_completed_ms']} ms, -> first RTP "
-                  f"{setup['invite_to_first_rtp_ms']} ms")
-        for component, pair in data["ice"]["selected"].items():
-            if pair is not None:
-                self.emit(f"  component {component}: {pair['key']}")
-        if data.get("mos") is not None:
-            self.emit(f"  MOS {data['mos']:.2f}")
+    return JsonPrinter(emit) if as_json else HumanPrinter(Console())
 
 
 def _source(opts: CommandOptions) -> AudioSource:
@@ -579,7 +533,7 @@ def run_call_command(uri: str, opts: CommandOptions, *, emit: Callable[[str], No
     from media.sinks import NullSink, WavSink
 
     settings = command_settings(opts, settings)
-    printer = printer if printer is not None else _Printer(emit, opts.as_json)
+    printer = printer if printer is not None else _default_printer(emit, opts.as_json)
     outcome: list[tuple[int, str]] = []
 
     async def go(reactor: Any) -> None:
@@ -651,7 +605,7 @@ def run_answer_command(opts: CommandOptions, *, max_calls: int, delay: float, co
     from media.sinks import NullSink, WavSink
 
     settings = command_settings(opts, settings)
-    printer = printer if printer is not None else _Printer(emit, opts.as_json)
+    printer = printer if printer is not None else _default_printer(emit, opts.as_json)
     outcome: list[tuple[int, str]] = []
 
     async def go(reactor: Any) -> None:
