@@ -480,6 +480,13 @@ class TransactionLayer:
         """Every live transaction."""
         return list(self._by_id.values())
 
+    def awaiting_final(self) -> list[ClientTransaction]:
+        """Client transactions still waiting for a final response (a BYE or an un-REGISTER
+        being retransmitted): a shutdown that closed the transport now would lose them."""
+        waiting = (TxState.PENDING, TxState.CALLING, TxState.TRYING, TxState.PROCEEDING)
+        return [tx for tx in self._by_id.values()
+                if isinstance(tx, ClientTransaction) and tx.state in waiting]
+
     # --- inputs: from the transport ------------------------------------------------------------
 
     def receive(self, message: Request | Response, source: Address, transport: str,

@@ -72,6 +72,10 @@ log = logging.getLogger(__name__)
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
+SETTLE_POLL = 0.05
+"""Seconds between looks at the pending client transactions in :meth:`SipTransport.settle`."""
+
+
 @dataclass(frozen=True)
 class TransportSettings:
     """Sockets, TLS and keepalives of one :class:`SipTransport`."""
@@ -390,6 +394,22 @@ class SipTransport:
             if port is not None:
                 port.stopListening()
                 setattr(self, attr, None)
+
+    def settle(self, timeout: float) -> defer.Deferred[None]:
+        """Fires once no request we sent is still waiting for its final response, or after
+        ``timeout`` seconds: lets a shutdown finish a BYE whose first copy was lost (its
+        retransmissions, RFC 3261 §17.1.2.2) before :meth:`stop` closes the sockets."""
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = self.driver.now() + timeout
+
+        def check() -> None:
+            if not self.layer.awaiting_final() or self.driver.now() >= deadline:
+                done.callback(None)
+            else:
+                self.reactor.callLater(SETTLE_POLL, check)
+
+        check()
+        return done
 
     def stop(self) -> defer.Deferred[None]:
         """Stop listening, close every connection and the timers; fires when all are closed."""

@@ -163,6 +163,7 @@ class UserAgent:
                 waiter.errback(CallError("the user agent stopped"))
             self._incoming_waiters.clear()
             if self.transport is not None:
+                await self.transport.settle(BYE_GRACE)
                 await self.transport.stop()
             self.clock.stop()
         return Deferred.fromCoroutine(go())
@@ -680,6 +681,9 @@ def run_answer_command(opts: CommandOptions, *, max_calls: int, delay: float, co
 
 #: How long an interrupted command may take to hang up, report and unregister.
 SHUTDOWN_GRACE = 5.0
+BYE_GRACE = 4.0
+"""Seconds :meth:`UserAgent.stop` waits for BYEs (and other requests) still unanswered: their
+UDP retransmissions at 0.5, 1.5 and 3.5 s (T1 = 500 ms) get through a lossy path."""
 
 
 def _bounded(done: Deferred[None], reactor: Any, seconds: float) -> Deferred[None]:

@@ -168,6 +168,33 @@ async def test_cancel_before_answer() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_stop_right_after_hangup_still_delivers_a_lost_bye() -> None:
+    """The caller hangs up and stops at once while the first copy of its BYE is lost: stop()
+    waits for the BYE's retransmission to be answered before closing the socket, so the
+    callee's call ends by the BYE and not never."""
+    alice, bob = await pair()
+    try:
+        call, other, _, _ = await connected(alice, bob)
+        assert bob.transport is not None
+        deliver = bob.transport._datagram
+        dropped: list[bytes] = []
+
+        def lossy(data: bytes, source: Any) -> None:
+            if data.startswith(b"BYE ") and not dropped:
+                dropped.append(data)
+                return
+            deliver(data, source)
+
+        bob.transport._datagram = lossy  # type: ignore[method-assign]
+        await call.hangup()
+        await alice.stop()
+        assert dropped, "the first BYE should have been dropped"
+        assert other.ended_by == "remote" and other.end_reason == "BYE", other.end_reason
+    finally:
+        await stop(bob)
+
+
+@pytest_twisted.ensureDeferred
 async def test_hold_and_resume_by_reinvite() -> None:
     """Hold: sendonly offer, recvonly answer, neither side sends; resume: tones again."""
     alice, bob = await pair()

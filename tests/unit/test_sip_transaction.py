@@ -289,6 +289,20 @@ def test_non_invite_client_final_then_timer_k() -> None:
     assert state_of(tx) is TxState.TERMINATED
 
 
+def test_awaiting_final_lists_client_transactions_until_their_final_response() -> None:
+    """What a shutdown must wait for: a BYE without its final response; not once answered,
+    and never a server transaction."""
+    layer = new_layer()
+    bye = request("BYE")
+    tx = layer.send_request(bye, PEER, "udp", 0.0)
+    layer.receive(request("OPTIONS", branch="z9hG4bKsrv"), PEER, "udp", 0.0)
+    assert layer.awaiting_final() == [tx]
+    layer.receive(response_to(bye, 100), PEER, "udp", 0.1)
+    assert layer.awaiting_final() == [tx]  # proceeding: still no final response
+    layer.receive(response_to(bye, 200), PEER, "udp", 0.2)
+    assert layer.awaiting_final() == []
+
+
 def test_non_invite_client_tcp() -> None:
     """Over TCP: one transmission, F still applies, K is zero."""
     layer = new_layer()
