@@ -48,8 +48,8 @@ if str(ROOT) not in sys.path:
 from sipua.errors import UserError  # noqa: E402
 from sipua.lab.baresip import BaresipPeer  # noqa: E402
 from sipua.lab.lab import Lab, teardown  # noqa: E402
+from sipua.lab.sipua_peer import Answerer, clean_env, reports, run_call  # noqa: E402
 from tests.lab.conftest import unique_name  # noqa: E402
-from tests.support.call_lab import Answerer, clean_env, reports, run_call  # noqa: E402
 
 SIP_PORTS = {5060, 5070, 5072}
 

@@ -8,11 +8,16 @@ datagram to :meth:`Agent.receive`, sends what :meth:`Agent.pop_transmits` return
 Speed matters here: the first check leaves at :meth:`Agent.start_checks` without waiting, a
 triggered check answers the peer's check in the same call when the Ta slot is free, and regular
 nomination does not wait for pairs that cannot do better than the best valid pair.
+
+For testing other endpoints, :class:`IceSettings` also restricts the candidate types, can withhold
+nomination, and runs the STUN traffic with the peer through an :mod:`ice.faults` filter (drops
+and delays; delayed messages leave from :meth:`Agent.handle_timer`).
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 import math
 import random
@@ -57,6 +62,7 @@ from ice.events import (
     RequestRejected,
     RoleChanged,
 )
+from ice.faults import FaultFilter, FaultSettings, stun_class
 from ice.nomination import Nomination, best_nominated, regular_choice, use_candidate_on_every_check
 from ice.stun import (
     Attr,
@@ -94,6 +100,14 @@ _PWD_CHARS = string.ascii_letters + string.digits + "+/"
 #: How long the id of an answered request is remembered, so that its retransmissions get an
 #: answer but do not trigger a new check each (longer than a full STUN transaction).
 _SEEN_REQUEST_TTL = 40.0
+#: Remote candidates (signalled and peer-reflexive, every component) one agent keeps at most.
+#: RFC 8445 fixes no number; an SDP with 10,000 candidates, or checks from 10,000 source ports,
+#: must not make 10,000 candidates (pairs are capped apart by ``max_pairs``). Beyond it they
+#: are dropped and counted in :attr:`Agent.remote_candidates_dropped`.
+MAX_REMOTE_CANDIDATES = 100
+#: RequestRejected events per second at most; further rejections are only counted
+#: (:attr:`Agent.requests_rejected`), so a STUN flood cannot grow the event timeline.
+MAX_REJECT_EVENTS = 10
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,22 @@ class IceSettings:
     software: str | None = None
     #: Gathering is declared complete after this long even if servers did not answer.
     gather_timeout: float = 5.0
+    #: Cap of the retransmission interval of the Binding requests that gather srflx
+    #: candidates; None: plain doubling (RFC 8489 §6.2.1). gather_timeout cuts the doubling
+    #: schedule after 4 sends (0, 0.5, 1.5, 3.5 s), so on a path losing 30 % each way (49 %
+    #: per exchange) a side misses its srflx candidate 7 % of the time and, without trickle
+    #: ICE, a call through two NATs fails. Capped at 0.5 s the requests fill the window
+    #: (10 sends by 4.5 s): 0.1 %. The requests stop once answered or at the deadline.
+    gather_max_rto: float | None = 0.5
+    #: Candidate types to gather, offer and check from: any of "host", "srflx", "relay". The
+    #: host sockets stay the bases of srflx candidates; with neither "host" nor "srflx" no
+    #: check leaves a host socket (relay only).
+    candidate_types: tuple[str, ...] = ("host", "srflx", "relay")
+    #: Fault injection on the STUN traffic with the peer (:mod:`ice.faults`); None: none.
+    faults: FaultSettings | None = None
+    #: As the controlling agent, never nominate: checks run and succeed, but no USE-CANDIDATE
+    #: is sent, so the peer never completes (a test knob).
+    withhold_nomination: bool = False
 
     def __post_init__(self) -> None:
         if self.nomination not in ("regular", "aggressive"):
@@ -151,6 +181,12 @@ class IceSettings:
             raise ValueError("consent_interval and nomination_settle must not be negative")
         if self.max_pairs < 1 or self.check_transmissions < 1:
             raise ValueError("max_pairs and check_transmissions must be at least 1")
+        if self.gather_max_rto is not None and not self.gather_max_rto > 0:
+            raise ValueError("gather_max_rto must be positive (or None)")
+        kinds = ("host", "srflx", "relay")
+        if not self.candidate_types or any(t not in kinds for t in self.candidate_types):
+            raise ValueError(f"candidate_types must be some of {kinds}, not "
+                             f"{self.candidate_types!r}")
 
 
 class IceError(RuntimeError):
@@ -252,6 +288,12 @@ class Agent:
         self.state = AgentState.NEW
         self._events: list[IceEvent] = []
         self._event_pos = 0
+        #: Remote candidates not kept: :data:`MAX_REMOTE_CANDIDATES` were known.
+        self.remote_candidates_dropped = 0
+        #: STUN requests answered with an error (bad, unauthenticated, role conflict aside).
+        self.requests_rejected = 0
+        self._reject_window = -1
+        self._reject_events = 0
         self._transmits: list[Transmit] = []
         # local side
         self._bases: dict[LocalBase, int] = {}          # base -> local preference
@@ -272,6 +314,12 @@ class Agent:
         self._selected: dict[int, CandidatePair] = {}
         self._consent: dict[int, _Consent] = {}
         self._closed = False
+        #: Fault injection (None when off); its counters go into the call report.
+        self.faults = (FaultFilter(settings.faults, rng)
+                       if settings.faults is not None and settings.faults.active else None)
+        # STUN held back by faults.delay: (due, sequence, local, dest, data)
+        self._delayed: list[tuple[float, int, Candidate, Address, bytes]] = []
+        self._delayed_seq = 0
         self._new_session()
 
     # --- session state (reset by restart) ----------------------------------------------------
@@ -310,8 +358,17 @@ class Agent:
 
     @property
     def local_candidates(self) -> list[Candidate]:
-        """Candidates to signal: host, server-reflexive and relayed (not peer-reflexive)."""
-        return [c for c in self._local if c.type is not CandidateType.PRFLX]
+        """Candidates to signal: host, server-reflexive and relayed (not peer-reflexive), those
+        of the types in :attr:`IceSettings.candidate_types`."""
+        kinds = self.settings.candidate_types
+        return [c for c in self._local
+                if c.type is not CandidateType.PRFLX and c.type.value in kinds]
+
+    def _checks_from(self, local: Candidate) -> bool:
+        """Whether checks may leave from ``local``: a relayed candidate always, a host socket
+        unless only relayed candidates are allowed."""
+        kinds = self.settings.candidate_types
+        return local.type is not CandidateType.HOST or "host" in kinds or "srflx" in kinds
 
     @property
     def remote_candidates(self) -> list[Candidate]:
@@ -423,7 +480,8 @@ class Agent:
         if self.settings.lite:
             return
         v6 = is_ipv6(base.address)
-        for server in self.settings.stun_servers:
+        kinds = self.settings.candidate_types
+        for server in self.settings.stun_servers if "srflx" in kinds else ():
             if is_ipv6(server) != v6:
                 continue
             request = Message(Method.BINDING, MessageClass.REQUEST,
@@ -431,10 +489,14 @@ class Agent:
             if self.settings.software:
                 request.attributes[Attr.SOFTWARE] = self.settings.software
             data = request.encode(fingerprint=True)
-            tx = StunTransaction(request, data, server, now, rto=self.settings.rto)
+            cap = self.settings.gather_max_rto
+            # Enough sends to span the gathering window at the capped interval.
+            sends = 7 if cap is None else max(7, int(self.settings.gather_timeout / cap))
+            tx = StunTransaction(request, data, server, now, rto=self.settings.rto,
+                                 max_rto=cap, max_transmissions=sends)
             self._gather_steps[tx.transaction_id] = _GatherStep(base, server, tx)
             self._transmits.append(Transmit(data, server, base))
-        for turn in self.settings.turn_servers:
+        for turn in self.settings.turn_servers if "relay" in kinds else ():
             if is_ipv6(turn.server) != v6:
                 continue
             client = TurnClient(turn, self._rng, rto=self.settings.rto)
@@ -582,16 +644,21 @@ class Agent:
                         if pair.remote is known:
                             pair.remote = candidate
                 return
+        if len(self._remote) >= MAX_REMOTE_CANDIDATES:
+            self.remote_candidates_dropped += 1
+            log.info("ignoring remote candidate %s: %d known", candidate.to_sdp(),
+                     len(self._remote))
+            return
         self._remote.append(candidate)
         bases = [c for c in self._local
-                 if c.type in (CandidateType.HOST, CandidateType.RELAY)]
+                 if c.type in (CandidateType.HOST, CandidateType.RELAY) and self._checks_from(c)]
         added = self.checklist.add_pairs(bases, [candidate], self._controlling, now,
                                          started=self._started)
         self._request_permissions(added, now)
         self._pump(now)
 
     def _pair_new_base(self, base: Candidate, now: float) -> None:
-        if not self._remote:
+        if not self._remote or not self._checks_from(base):
             return
         added = self.checklist.add_pairs([base], self._remote, self._controlling, now,
                                          started=self._started)
@@ -619,6 +686,8 @@ class Agent:
             return
         self._started = True
         self._set_state(AgentState.CHECKING, "start_checks")
+        if self.faults is not None:
+            self.faults.start(now)
         # RFC 8445 §6.1.1: facing a lite peer the full agent controls; two lite agents keep the
         # roles they were given.
         if self.settings.lite and self.remote_lite:
@@ -684,6 +753,15 @@ class Agent:
             return None
         if self._closed:
             return None
+        if (self.faults is not None and msg.transaction_id not in self._gather_steps
+                and self.faults.drop_incoming(msg.cls, now)):
+            return None  # fault injection (never on a STUN server's answer)
+        if msg.cls is not MessageClass.INDICATION and Attr.FINGERPRINT not in msg.attributes \
+                and msg.transaction_id not in self._gather_steps:
+            # RFC 8445 §7, RFC 8489 §7.3: checks carry FINGERPRINT; without it the message is
+            # not a check of ours (or a forgery that skipped it): silently discarded.
+            log.debug("dropping STUN without FINGERPRINT from %s", source)
+            return None
         if msg.cls is MessageClass.REQUEST:
             self._on_request(msg, source, local, now)
         elif msg.cls in (MessageClass.SUCCESS, MessageClass.ERROR):
@@ -697,6 +775,19 @@ class Agent:
         return None
 
     def _send_from(self, local: Candidate, dest: Address, data: bytes, now: float) -> None:
+        """Send STUN to the peer from a base candidate, through the fault filter if any."""
+        cls = stun_class(data) if self.faults is not None else None
+        if self.faults is not None and cls is not None:
+            delay = self.faults.outgoing(cls, now)
+            if delay is None:
+                return
+            if delay > 0:
+                self._delayed_seq += 1
+                heapq.heappush(self._delayed, (now + delay, self._delayed_seq, local, dest, data))
+                return
+        self._deliver(local, dest, data, now)
+
+    def _deliver(self, local: Candidate, dest: Address, data: bytes, now: float) -> None:
         """Send from a base candidate: a socket directly, or through its TURN relay."""
         relay = self._relay_of.get(local)
         if relay is not None:
@@ -707,8 +798,17 @@ class Agent:
 
     def _reject(self, msg: Message, source: Address, local: Candidate, code: int, reason: str,
                 now: float, extra: dict[int, Any] | None = None) -> None:
-        """An error answer that changes no state (RFC 8489 §6.3.1, §9.1.3)."""
-        self._events.append(RequestRejected(at=now, source=source, code=code, reason=reason))
+        """An error answer that changes no state (RFC 8489 §6.3.1, §9.1.3).
+
+        Every rejection is counted; only the first :data:`MAX_REJECT_EVENTS` of each second
+        become events, so a flood of bad requests cannot grow the call's timeline."""
+        self.requests_rejected += 1
+        window = int(now)
+        if window != self._reject_window:
+            self._reject_window, self._reject_events = window, 0
+        if self._reject_events < MAX_REJECT_EVENTS:
+            self._reject_events += 1
+            self._events.append(RequestRejected(at=now, source=source, code=code, reason=reason))
         response = make_error(msg, code, reason, extra)
         self._send_from(local, source, response.encode(fingerprint=True), now)
 
@@ -767,6 +867,8 @@ class Agent:
         retransmission = msg.transaction_id in self._seen_requests
         self._remember_request(msg.transaction_id, now)
         remote = self._remote_for(source, local, priority, now)
+        if remote is None:
+            return  # answered, but no room to learn another peer-reflexive candidate
         pair = self.checklist.find(local, source)
         if self.settings.lite:
             pair = self._lite_pair(pair, local, remote, now)
@@ -803,11 +905,17 @@ class Agent:
         self._seen_requests.setdefault(tid, now + _SEEN_REQUEST_TTL)
 
     def _remote_for(self, source: Address, local: Candidate, priority: int,
-                    now: float) -> Candidate:
-        """The remote candidate at ``source``, or a new peer-reflexive one (RFC 8445 §7.3.1.3)."""
+                    now: float) -> Candidate | None:
+        """The remote candidate at ``source``, or a new peer-reflexive one (RFC 8445 §7.3.1.3);
+        None when :data:`MAX_REMOTE_CANDIDATES` are known already (counted, not learned)."""
         for cand in self._remote:
             if cand.address == source and cand.component == local.component:
                 return cand
+        if len(self._remote) >= MAX_REMOTE_CANDIDATES:
+            self.remote_candidates_dropped += 1
+            log.debug("peer-reflexive candidate %s not learned: %d known", source,
+                      len(self._remote))
+            return None
         prflx = Candidate(
             foundation=self._random_text(_UFRAG_CHARS, 10), component=local.component,
             transport="udp", priority=priority, address=source, type=CandidateType.PRFLX,
@@ -826,7 +934,7 @@ class Agent:
     def _triggered_check(self, pair: CandidatePair | None, local: Candidate, remote: Candidate,
                          now: float) -> CandidatePair | None:
         """RFC 8445 §7.3.1.4."""
-        if not can_pair(local, remote):
+        if not can_pair(local, remote) or not self._checks_from(local):
             return pair
         if pair is None:
             pair = self._new_pair(local, remote, now)
@@ -880,7 +988,7 @@ class Agent:
         """Aggressive nomination: USE-CANDIDATE on every check, except on pairs below the one
         already selected for the component, so that a late check on a worse path (a relay)
         cannot make the controlled side switch down to it."""
-        if not every:
+        if not every or self.settings.withhold_nomination:
             return False
         selected = self._selected.get(pair.component)
         return selected is None or pair.priority >= selected.priority
@@ -1132,7 +1240,8 @@ class Agent:
         """Nominate if due, then send one check if the Ta slot is free."""
         if not self._can_check():
             return
-        if self._controlling and self._nomination is Nomination.REGULAR:
+        if (self._controlling and self._nomination is Nomination.REGULAR
+                and not self.settings.withhold_nomination):
             self._update_nomination(now)
         if self._last_check_at is None or now >= self._last_check_at + self.settings.ta - 1e-9:
             item = self._next_check(now)
@@ -1194,6 +1303,7 @@ class Agent:
             Attr.USERNAME: f"{self.remote_ufrag}:{self.local_ufrag}",
             Attr.PRIORITY: priority,
         }
+        use_candidate = use_candidate and not self.settings.withhold_nomination
         if self._controlling:
             attributes[Attr.ICE_CONTROLLING] = self.tie_breaker
             if use_candidate:
@@ -1351,7 +1461,7 @@ class Agent:
             if consent.lost:
                 raise IceError(f"consent lost on component {component}")
             consent.last_sent = now
-        self._send_from(pair.base, pair.remote.address, data, now)
+        self._deliver(pair.base, pair.remote.address, data, now)  # media: never faulted
 
     # --- restart and close ------------------------------------------------------------------------
     def restart(self, now: float) -> None:
@@ -1385,6 +1495,7 @@ class Agent:
         self._gather_steps.clear()
         self._triggered.clear()
         self._consent.clear()
+        self._delayed.clear()
         self._selected.clear()
         for relay in self._relays:
             relay.client.close(now)
@@ -1401,6 +1512,8 @@ class Agent:
                 times.append(t)
         if self._closed:
             return min(times) if times else None
+        if self._delayed:
+            times.append(self._delayed[0][0])
         for check in self._checks.values():
             if check.cancelled:
                 continue
@@ -1434,6 +1547,9 @@ class Agent:
             self._drain_relay(relay, now)
         if self._closed:
             return
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, local, dest, held = heapq.heappop(self._delayed)
+            self._deliver(local, dest, held, now)
         for tid, check in list(self._checks.items()):
             if check.cancelled:
                 if now >= check.keep_until:

@@ -103,7 +103,10 @@ class CoreDriver(Generic[T, E]):
     def _fire(self) -> None:
         self._timer = None
         self._deadline = None
-        self.core.handle_timer(self.now())
+        try:
+            self.core.handle_timer(self.now())
+        except Exception:  # a bug in one timer must not leave the core without its next one
+            log.exception("timer handling failed in %r", self.core)
         self.poke()
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ import enum
 import logging
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ice.stun import (
@@ -83,8 +83,8 @@ class TurnSettings:
     """The TURN server's UDP address."""
     username: str
     """Long-term credential user name (RFC 8489 §9.2)."""
-    password: str
-    """Long-term credential password."""
+    password: str = field(repr=False)
+    """Long-term credential password (kept out of repr, hence out of logs)."""
     lifetime: int = 600
     """Requested allocation lifetime in seconds (RFC 8656 §7.2; the server may shorten it)."""
     software: str | None = None

@@ -97,6 +97,8 @@ class IceUdpTransport:
             agent, reactor, send=self._send, on_event=self._event)
         self._ports: dict[LocalBase, ListeningPort] = {}
         self.send_errors = 0
+        #: Datagrams whose handling raised (a bug, never the peer's fault): logged, dropped.
+        self.receive_errors = 0
 
     @property
     def bases(self) -> list[LocalBase]:
@@ -136,11 +138,11 @@ class IceUdpTransport:
             _tap(data, base.address, source, False)
         try:
             app = self.agent.receive(data, source, base, self.now())
-        except Exception:  # the agent must never raise on input; if it does, keep the reactor
-            log.exception("ICE agent failed on a datagram from %s:%d", *source)
-            app = None
-        if app is not None:
-            self.on_data(app)
+            if app is not None:
+                self.on_data(app)
+        except Exception:  # neither the agent nor media may raise on input: keep the reactor
+            self.receive_errors += 1
+            log.exception("failed on a datagram from %s:%d", *source)
         self.driver.poke()
 
     def send(self, component: int, data: bytes) -> None:

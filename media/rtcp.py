@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 RTCP_VERSION = 2
+#: Packets in one compound datagram. A compound carries an SR or RR, an SDES and maybe a BYE or
+#: feedback (RFC 3550 §6.1): a few. Thousands of 4-byte packets only cost time to walk.
+MAX_COMPOUND_PACKETS = 64
 _HEADER = struct.Struct("!BBH")
 _SR_INFO = struct.Struct("!IQIII")
 _REPORT = struct.Struct("!IIIIII")
@@ -321,6 +324,8 @@ def parse_rtcp(data: bytes) -> list[RtcpPacket]:
         count = first & 0x1F
         packets.append(_parse_one(ptype, count, body))
         offset = end
+        if len(packets) >= MAX_COMPOUND_PACKETS and offset < total:
+            raise RtcpError(f"more than {MAX_COMPOUND_PACKETS} packets in a compound")
     return packets
 
 

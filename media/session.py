@@ -47,6 +47,7 @@ from media.rtp import (
     encode_rtp,
     parse_rtp,
 )
+from media.srtp import SrtpContext, SrtpError
 from media.stats import (
     MIN_SEQUENTIAL,
     InboundRtpStats,
@@ -295,6 +296,7 @@ class RtpSession:
         self._rtcp_malformed = 0
         self._transmits: list[bytes] = []
         self._events: deque[SessionEvent] = deque()
+        self._srtp: SrtpContext | None = None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -307,6 +309,17 @@ class RtpSession:
         logger.info("RTP session %08x: %s -> %s (%s)", self.ssrc, self._state.name, new.name,
                     cause)
         self._state = new
+
+    @property
+    def srtp(self) -> SrtpContext | None:
+        """The SRTP context (RFC 3711) when the stream is secured, else None."""
+        return self._srtp
+
+    def set_srtp(self, context: SrtpContext | None) -> None:
+        """Protect what the session sends and unprotect what it receives from now on (None:
+        plain RTP). RTP is protected after framing and unprotected before parsing; RTCP the
+        same way in :meth:`pop_transmits` and :meth:`receive_rtcp`."""
+        self._srtp = context
 
     @property
     def codec(self) -> Codec:
@@ -385,7 +398,8 @@ class RtpSession:
         self._ts = (ts + samples_ts) & 0xFFFFFFFF
         self._count += 1
         self._last_sent = now
-        return data
+        srtp = self._srtp
+        return data if srtp is None else srtp.protect_rtp(data)
 
     def _audio_packet(self, pcm: bytes) -> bytes:
         payload = self._encode(pcm)
@@ -457,13 +471,25 @@ class RtpSession:
         else:
             self.receive_rtp(data, source, now)
 
-    def receive_rtp(self, data: bytes, source: Address, now: float) -> None:
-        """One RTP datagram from the network."""
+    def receive_rtp(self, data: bytes, source: Address, now: float) -> bool:
+        """One RTP datagram from the network; False when it was dropped before it counted as
+        the peer's (closed, unexpected source, SRTP refused it, unparsable, looped, old SSRC).
+
+        The source is checked before SRTP so that a copy of a genuine packet sent from
+        elsewhere cannot use up its index in the replay window (RFC 3711 §3.3.2).
+        """
         if self._state is SessionState.CLOSED:
-            return
+            return False
         if self._expected_rtp is not None and source != self._expected_rtp:
             self._foreign += 1
-            return
+            return False
+        srtp = self._srtp
+        if srtp is not None:
+            try:
+                data = srtp.unprotect_rtp(data)
+            except SrtpError as exc:  # counted by the context
+                logger.debug("dropping SRTP from %s: %s", source, exc)
+                return False
         if len(data) >= HEADER_SIZE and data[0] == PLAIN_FIRST_OCTET:
             # The usual audio packet: read the fields, build no packet object.
             _first, second, sequence, timestamp, ssrc = HEADER_STRUCT.unpack_from(data)
@@ -475,18 +501,18 @@ class RtpSession:
             except RtpError as exc:
                 self._malformed += 1
                 logger.debug("dropping RTP from %s: %s", source, exc)
-                return
+                return False
             payload_type, sequence, timestamp, ssrc = (
                 packet.payload_type, packet.sequence, packet.timestamp, packet.ssrc)
             payload = packet.payload
         if ssrc == self.ssrc:
             self._looped += 1
-            return
+            return False
         remote = self._remote
         if remote is None or remote.ssrc != ssrc:
             if ssrc in self._retired:
                 self._old_ssrc += 1
-                return
+                return False
             remote = self._new_remote(ssrc, payload_type, source)
         size = len(payload)
         remote.update(sequence, timestamp, now, size, len(data) - size)
@@ -503,6 +529,7 @@ class RtpSession:
             self._update_timer()
         else:
             self._unknown_pt += 1
+        return True
 
     def _new_remote(self, ssrc: int, payload_type: int, source: Address) -> ReceiverStatistics:
         old = self._remote
@@ -543,6 +570,13 @@ class RtpSession:
         if self._expected_rtcp is not None and source != self._expected_rtcp:
             self._foreign += 1
             return
+        srtp = self._srtp
+        if srtp is not None:
+            try:
+                data = srtp.unprotect_rtcp(data)
+            except SrtpError as exc:  # counted by the context
+                logger.debug("dropping SRTCP from %s: %s", source, exc)
+                return
         try:
             packets = parse_rtcp(data)
         except RtcpError as exc:
@@ -685,8 +719,12 @@ class RtpSession:
     # --- outputs ---------------------------------------------------------------------------
 
     def pop_transmits(self) -> list[bytes]:
-        """RTCP compound packets to send to the peer's RTCP address, oldest first."""
+        """RTCP compound packets to send to the peer's RTCP address, oldest first (SRTCP when
+        the session is secured)."""
         out, self._transmits = self._transmits, []
+        srtp = self._srtp
+        if srtp is not None:
+            return [srtp.protect_rtcp(data) for data in out]
         return out
 
     def next_event(self) -> SessionEvent | None:

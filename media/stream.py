@@ -60,6 +60,11 @@ from media.stats import Snapshot
 
 logger = logging.getLogger(__name__)
 
+#: Events of one kind driven by the peer's packets (SsrcChanged, RtcpReceived, ...) a stream
+#: passes on per second at most: a peer that changes SSRC on every packet or floods RTCP must
+#: not grow the call's timeline. The rest are counted (:attr:`MediaStream.events_suppressed`).
+MAX_EVENTS_PER_SECOND = 10
+
 __all__ = [
     "DestinationChanged",
     "IceMediaStream",
@@ -186,9 +191,15 @@ class MediaStream:
         self._other_candidates = 0
         self._rtcp_not_sent = 0
         self.send_errors = 0
+        #: Datagrams whose handling raised unexpectedly (a bug: logged with a traceback, dropped).
+        self.receive_errors = 0
         self._first_packet_waiters: list[Deferred[FirstPacketReceived]] = []
         self._first_packet: FirstPacketReceived | None = None
         self._registered = False
+        #: Session events not passed on: more than MAX_EVENTS_PER_SECOND of a kind.
+        self.events_suppressed = 0
+        self._event_window = -1
+        self._event_counts: dict[type, int] = {}
 
     # --- life ----------------------------------------------------------------------------
 
@@ -318,6 +329,17 @@ class MediaStream:
                 waiters, self._first_packet_waiters = self._first_packet_waiters, []
                 for d in waiters:
                     d.callback(event)
+            else:
+                window = int(now)
+                if window != self._event_window:
+                    self._event_window = window
+                    self._event_counts.clear()
+                kind = type(event)
+                seen = self._event_counts.get(kind, 0)
+                if seen >= MAX_EVENTS_PER_SECOND:
+                    self.events_suppressed += 1
+                    continue
+                self._event_counts[kind] = seen + 1
             self._emit(event)
 
     def _emit(self, event: StreamEvent) -> None:
@@ -638,7 +660,11 @@ class _Receiver(DatagramProtocol):
         self.rtcp = rtcp
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.owner._datagram(datagram, (addr[0], addr[1]), self.rtcp)
+        try:
+            self.owner._datagram(datagram, (addr[0], addr[1]), self.rtcp)
+        except Exception:  # never into the reactor: log, count, drop the datagram
+            self.owner.receive_errors += 1
+            logger.exception("media datagram from %s failed", addr)
 
 
 _SEND_DROPS = (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.ENETUNREACH,
@@ -765,6 +791,9 @@ class UdpMediaStream(MediaStream):
             if self.rtcp_mux and is_rtcp(data):
                 self._rtcp_in(data, addr, now)
                 return
+            if self.session.srtp is not None:
+                self._latch_secure(data, addr, now)
+                return
             self._latch(data, addr, now)
         session = self.session
         if self.rtcp_mux and len(data) >= 2 and 64 <= (data[1] & 0x7F) <= 95:
@@ -792,6 +821,9 @@ class UdpMediaStream(MediaStream):
             if self.rtcp_mux and is_rtcp(data):
                 self._rtcp_in(data, source, now)
                 return
+            if self.session.srtp is not None:
+                self._latch_secure(data, source, now)
+                return
             self._latch(data, source, now)
         self._rtp_in(data, source, now, self.rtcp_mux)
 
@@ -812,6 +844,13 @@ class UdpMediaStream(MediaStream):
             self._rtcp_latched = True
         session.set_expected_source(source, rtcp if self._rtcp_latched else None)
         self._path_changed(source, rtcp, now, "symmetric RTP")
+
+    def _latch_secure(self, data: bytes, source: Address, now: float) -> None:
+        """Symmetric RTP with SRTP: latch only onto a source whose packet authenticated, so
+        that a forged packet cannot divert the stream (the SRTP header alone proves nothing)."""
+        if self.session.receive_rtp(data, source, now):
+            self._latch(data, source, now)
+        self._drain(now)
 
     def _latch_rtcp(self, data: bytes, source: Address, now: float) -> None:
         try:

@@ -86,7 +86,7 @@ class DigestCredentials:
     """A user name and password; ``realm`` None means "any realm that asks"."""
 
     username: str
-    password: str
+    password: str = field(repr=False)  # never in a repr, so never in a log line
     realm: str | None = None
 
 

@@ -15,6 +15,7 @@ same kinds of offers from the peer are accepted whether they come as re-INVITE o
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import random
@@ -29,6 +30,7 @@ from twisted.internet.protocol import DatagramProtocol
 from ice.agent import Agent, AgentState, IceSettings
 from ice.candidate import AppData, LocalBase
 from ice.events import (
+    ConsentLost,
     GatheringCompleted,
     IceCompleted,
     IceEvent,
@@ -36,6 +38,7 @@ from ice.events import (
     PairSelected,
     PairSnapshot,
 )
+from ice.faults import FaultSettings
 from ice.turn import TurnSettings
 from ice.udp import IceUdpTransport
 from media.clock import PacingClock
@@ -45,6 +48,7 @@ from media.quality import estimate_from_stats
 from media.session import FirstPacketReceived, RtpSession, RtpSessionSettings
 from media.sinks import AudioSink
 from media.sources import AudioSource
+from media.srtp import SUITES, SrtpContext, generate_key
 from media.stream import IceMediaStream, MediaStream, StreamEvent, UdpMediaStream
 from sipua.exitcodes import ExitCode
 from sipua.report import CallReport, build_report
@@ -54,14 +58,18 @@ from sipua.sdp import (
     PCMU,
     AudioOffer,
     Codec,
+    CryptoAttribute,
     IceAttributes,
+    InlineKey,
     MediaDescription,
     SdpError,
     build_description,
     default_candidate,
     has_ice_mismatch,
+    match_crypto_answer,
     negotiate_codecs,
     parse_sdp,
+    select_crypto,
 )
 from sipua.session import (
     AnswerReceived,
@@ -79,7 +87,7 @@ from sipua.session import (
 )
 
 if TYPE_CHECKING:
-    from sipua.settings import Settings
+    from sipua.settings import IceFaults, Settings
 
 __all__ = ["Call", "CallError", "CallHost", "CallOptions", "CallState", "MediaTimeout"]
 
@@ -127,6 +135,11 @@ class CallOptions:
     updated_offer: bool | None = None
     #: Method of the updated offer: "INVITE" or "UPDATE".
     updated_offer_method: str = "INVITE"
+    #: SRTP: "off", "optional" or "mandatory"; None = media.srtp (docs/security.md).
+    srtp: str | None = None
+    #: Rewrites the body of the initial offer before it leaves (None: sent as built). For
+    #: probing a peer only (`sipua probe` builds an ICE-mismatched offer with it).
+    sdp_mangle: Callable[[bytes], bytes] | None = None
 
 
 class CallHost(Protocol):
@@ -227,6 +240,15 @@ def _audio_codec(codecs: tuple[Codec, ...]) -> Codec | None:
     return None
 
 
+def _fault_settings(faults: IceFaults) -> FaultSettings:
+    """The agent's fault filter settings from the [ice.faults] table."""
+    return FaultSettings(
+        drop_requests_in=faults.drop_requests_in, drop_requests_out=faults.drop_requests_out,
+        drop_responses_in=faults.drop_responses_in,
+        drop_responses_out=faults.drop_responses_out, drop_after=faults.drop_after,
+        delay=faults.delay)
+
+
 def _dtmf_pt(codecs: tuple[Codec, ...]) -> int | None:
     return next((c.payload_type for c in codecs if c.name.lower() == "telephone-event"), None)
 
@@ -254,6 +276,18 @@ class _Negotiated:
     ice: bool
     rtcp_mux: bool
     directions: tuple[str, str] = ("sendrecv", "sendrecv")
+    #: The peer's a=crypto line in use (RFC 4568), None for plain RTP.
+    crypto: CryptoAttribute | None = None
+    #: Our master key for that line.
+    local_key: bytes | None = None
+
+
+class _SrtpRefused(SdpError):
+    """The description cannot be used because of SRTP; ``phrase`` is the 488's reason phrase."""
+
+    def __init__(self, message: str, phrase: str) -> None:
+        super().__init__(message)
+        self.phrase = phrase
 
 
 class Call:
@@ -278,6 +312,14 @@ class Call:
                            or self._ice_cfg.nomination)
         self.rtcp_mux = (self.options.rtcp_mux if self.options.rtcp_mux is not None
                          else self._ice_cfg.rtcp_mux)
+        #: SRTP mode of this call (docs/security.md).
+        self.srtp_mode = self.options.srtp or self._media_cfg.srtp
+        if self.srtp_mode not in ("off", "optional", "mandatory"):
+            raise ValueError(f"srtp must be off, optional or mandatory, not {self.srtp_mode!r}")
+        self._srtp: SrtpContext | None = None
+        self._srtp_tag = 1
+        self._offered_crypto: tuple[CryptoAttribute, ...] = ()
+        self._proto: str | None = None
         self.state = CallState.CALLING if direction == "outgoing" else CallState.INCOMING
         self.session: InviteSession | None = None
         self.agent: Agent | None = None
@@ -292,6 +334,8 @@ class Call:
         self.status: int | None = None
         self.end_reason: str | None = None
         self.ended_by: str | None = None
+        #: Why we hang up, when not on the user's command (consent lost, ICE failed).
+        self._local_reason: str | None = None
         self.failure: CallError | None = None
         self._sdp_id = self.rng.getrandbits(31)
         self._sdp_version = 0
@@ -305,6 +349,7 @@ class Call:
         self._ended = _Latch()
         self._offer_done: _Latch | None = None
         self._components = 1
+        self._initial_role: str | None = None  # the ICE role the agent started in
         self._final_stats: dict[str, Any] | None = None
 
     # --- state ------------------------------------------------------------------------------------
@@ -346,13 +391,23 @@ class Call:
             nomination=self.nomination, ta=cfg.ta, lite=cfg.lite, stun_servers=stun,
             turn_servers=turn, keepalive_interval=cfg.keepalive_interval,
             consent_interval=cfg.consent_interval, consent_timeout=cfg.consent_timeout,
-            software=self.host.settings.ua.user_agent)
+            software=self.host.settings.ua.user_agent, candidate_types=cfg.candidate_types,
+            faults=_fault_settings(cfg.faults) if cfg.faults.active else None,
+            withhold_nomination=cfg.faults.withhold_nomination)
 
     def _bind(self, *, controlling: bool, components: int, gather: bool) -> None:
-        """Open the media sockets (one per address and component) and start gathering."""
+        """Open the media sockets (one per address and component) and start gathering.
+
+        ``controlling`` is the RFC 8445 §6.1.1 role (the offerer controls); ice.role may force
+        the other one, and ice.tie_breaker fix the tie-breaker, for testing a peer's role
+        conflict handling (§7.3.1.1 still repairs a conflict)."""
         self._components = components
+        role = self._ice_cfg.role
+        if role != "auto":
+            controlling = role == "controlling"
         self.agent = Agent(self._ice_settings(), controlling=controlling, rng=self.rng,
-                           components=components)
+                           components=components, tie_breaker=self._ice_cfg.tie_breaker)
+        self._initial_role = "controlling" if self.agent.controlling else "controlled"
         self.transport = IceUdpTransport(self.agent, self.reactor, on_event=self._on_ice_event,
                                         on_data=self._on_data)
         addresses = self.host.media_addresses()
@@ -365,8 +420,13 @@ class Call:
 
     def _local_description(self, *, direction: str = "sendrecv", answer_to: _Negotiated |
                            None = None, ice: bool | None = None, ice_mismatch: bool = False,
-                           updated: bool = False, remote_candidates: bool = False) -> bytes:
-        """Our SDP: candidates and the default candidate in c=/m=/a=rtcp (RFC 8839 §4.2)."""
+                           updated: bool = False, remote_candidates: bool = False,
+                           as_offer: bool | None = None) -> bytes:
+        """Our SDP: candidates and the default candidate in c=/m=/a=rtcp (RFC 8839 §4.2).
+
+        ``as_offer`` says whether this is an offer; by default it is when ``answer_to`` is None
+        (a re-offer passes the negotiated values and ``as_offer=True``).
+        """
         assert self.agent is not None and self.transport is not None
         use_ice = self.use_ice if ice is None else ice
         agent = self.agent
@@ -398,13 +458,19 @@ class Call:
         if use_ice:
             attrs = IceAttributes(agent.local_ufrag, agent.local_pwd, tuple(candidates),
                                   lite=self._ice_cfg.lite, end_of_candidates=True,
-                                  remote_candidates=selected_remote if remote_candidates else ())
+                                  remote_candidates=selected_remote if remote_candidates else (),
+                                  # RFC 8445 §10, RFC 8839 §5.6
+                                  options=("ice2",) if self._ice_cfg.compat == "rfc8445" else ())
         mux = self._components == 1
+        is_offer = answer_to is None if as_offer is None else as_offer
+        proto, crypto = (self._crypto_offer() if is_offer or answer_to is None
+                         else self._crypto_answer(answer_to))
         offer = AudioOffer(
             connection=defaults[1][0], port=defaults[1][1], codecs=codecs,
             ptime=self._media_cfg.ptime, direction=direction,
             rtcp=None if mux else defaults[2], rtcp_mux=mux and (
-                answer_to is None or answer_to.rtcp_mux), ice=attrs)
+                answer_to is None or answer_to.rtcp_mux), ice=attrs, proto=proto,
+            crypto=crypto)
         self._sdp_version += 1
         desc = build_description(offer, session_id=self._sdp_id,
                                  session_version=self._sdp_version, ice_mismatch=ice_mismatch)
@@ -422,9 +488,92 @@ class Call:
             raise SdpError("no common audio codec")
         ice = (self.use_ice and audio.ice is not None and not audio.ice_mismatch
                and not has_ice_mismatch(audio))
+        crypto, local_key = self._negotiate_srtp(audio, offer=offer)
         return _Negotiated(codec=codec, dtmf=_dtmf_pt(usable),
                            ptime=audio.ptime or self._media_cfg.ptime, remote=audio, ice=ice,
-                           rtcp_mux=audio.rtcp_mux)
+                           rtcp_mux=audio.rtcp_mux, crypto=crypto, local_key=local_key)
+
+    # --- SRTP (RFC 4568, docs/security.md) --------------------------------------------------------
+    def _crypto_offer(self) -> tuple[str, tuple[CryptoAttribute, ...]]:
+        """Profile and a=crypto lines of an offer: every suite with a fresh key each, or, once
+        SRTP runs, the suite and key in use (RFC 4568 §7.1.4: keys kept across re-offers)."""
+        ctx = self._srtp
+        if ctx is not None:
+            lines: tuple[CryptoAttribute, ...] = (
+                CryptoAttribute(self._srtp_tag, ctx.suite.name, (InlineKey(ctx.local_key),)),)
+        elif self.srtp_mode == "off":
+            lines = ()
+        else:
+            lines = tuple(CryptoAttribute(tag, name, (InlineKey(generate_key(self.rng, name)),))
+                          for tag, name in enumerate(SUITES, start=1))
+        self._offered_crypto = lines
+        if self._proto is None:
+            # RFC 4568 §7.1.1: RTP/SAVP when SRTP is required; RTP/AVP with a=crypto is the
+            # best-effort form many user agents use (not standardised).
+            self._proto = "RTP/SAVP" if self.srtp_mode == "mandatory" else "RTP/AVP"
+        return self._proto, lines
+
+    def _crypto_answer(self, neg: _Negotiated) -> tuple[str, tuple[CryptoAttribute, ...]]:
+        """Profile and a=crypto line of an answer: the offered line's tag and suite with our
+        own key (RFC 4568 §7.1.2)."""
+        self._proto = "RTP/SAVP" if neg.remote.secure else "RTP/AVP"
+        if neg.crypto is None or neg.local_key is None:
+            return self._proto, ()
+        return self._proto, (CryptoAttribute(neg.crypto.tag, neg.crypto.suite,
+                                             (InlineKey(neg.local_key),)),)
+
+    def _negotiate_srtp(self, audio: MediaDescription, *, offer: bool
+                        ) -> tuple[CryptoAttribute | None, bytes | None]:
+        """The peer's a=crypto line to use and our key for it; raises :class:`_SrtpRefused`
+        where docs/security.md says 488 (or, for an answer, ending the call)."""
+        mode = self.srtp_mode
+        active = self._srtp is not None
+        if audio.secure and audio.proto.upper() != "RTP/SAVP":
+            raise _SrtpRefused(f"unsupported secure profile {audio.proto}",
+                               "Not Acceptable Here (profile)")
+        if offer:
+            if audio.secure and mode == "off":
+                raise _SrtpRefused("RTP/SAVP offered and media.srtp is off",
+                                   "Not Acceptable Here (no SRTP)")
+            chosen = (select_crypto(audio.crypto) if mode != "off" or audio.secure else None)
+            if chosen is None:
+                if audio.secure or mode == "mandatory":
+                    raise _SrtpRefused("no a=crypto line we support (RFC 4568)",
+                                       "Not Acceptable Here (SRTP required)")
+                if active:
+                    raise _SrtpRefused("a new offer without SRTP in an SRTP call",
+                                       "Not Acceptable Here (SRTP required)")
+                return None, None
+            ctx = self._srtp
+            if ctx is not None and ctx.suite.name == chosen.suite:
+                return chosen, ctx.local_key  # keep our key (RFC 4568 §7.1.4)
+            return chosen, generate_key(self.rng, chosen.suite)
+        chosen = match_crypto_answer(self._offered_crypto, audio.crypto)
+        if chosen is None:
+            if audio.secure or mode == "mandatory" or active:
+                raise _SrtpRefused("the answer accepted none of our a=crypto lines",
+                                   "SRTP refused")
+            return None, None
+        local = next(c.key for c in self._offered_crypto if c.tag == chosen.tag)
+        return chosen, local
+
+    def _apply_srtp(self, neg: _Negotiated) -> None:
+        """Key the stream with what the offer/answer settled; a new key of the peer on a later
+        offer or answer replaces the inbound key (RFC 4568 §7.1.4)."""
+        crypto, local = neg.crypto, neg.local_key
+        if crypto is None or local is None:
+            return
+        mki = crypto.keys[0].mki_bytes
+        self._srtp_tag = crypto.tag  # later offers repeat the line in use
+        ctx = self._srtp
+        if ctx is not None and ctx.suite.name == crypto.suite and ctx.local_key == local:
+            ctx.update_remote(crypto.key, mki)
+            return
+        ctx = SrtpContext(crypto.suite, local, crypto.key, remote_mki=mki)
+        log.info("call %s: SRTP %s", self.id, crypto.suite)
+        self._srtp = ctx
+        if self.stream is not None:
+            self.stream.session.set_srtp(ctx)
 
     def _feed_remote_ice(self, media: MediaDescription, now: float) -> None:
         """Remote credentials and candidates; checks start now (RFC 8445 §6.1.4)."""
@@ -478,6 +627,7 @@ class Call:
                 symmetric=self._media_cfg.symmetric_rtp_latching, reactor=shim,  # type: ignore[arg-type]
                 source=self.source, sink=self.sink, on_event=self._on_stream_event)
         self.stream = stream
+        self._apply_srtp(neg)
         self._apply_directions(neg)
         stream.start()
 
@@ -505,7 +655,18 @@ class Call:
         await self._gathered.wait()
         if self.state is CallState.ENDED:
             raise CallError("the call was hung up before it started")
+        if self.use_ice and self.agent is not None and not self.agent.local_candidates:
+            # ice.candidate_types left nothing: a relay-only call whose TURN allocation failed.
+            types = ", ".join(self._ice_cfg.candidate_types)
+            if self.transport is not None:
+                self.transport.close()
+            self._set_state(CallState.ENDED, "no ICE candidates")
+            raise CallError(f"no ICE candidates to offer: none of the allowed types ({types}) "
+                            f"was gathered (see ice.candidate_types and the STUN/TURN servers)",
+                            code=ExitCode.ICE_FAILED)
         offer = self._local_description()
+        if self.options.sdp_mangle is not None:
+            offer = self.options.sdp_mangle(offer)
         now = self._now()
         self.timings.invite = now
         self.session = self.host.sessions.invite(
@@ -527,7 +688,8 @@ class Call:
                 neg = self._negotiate(offer, offer=True)
             except SdpError as exc:
                 log.info("call %s: offer refused: %s", self.id, exc)
-                self._refuse(488, f"offer refused: {exc}")
+                self._refuse(488, f"offer refused: {exc}",
+                             exc.phrase if isinstance(exc, _SrtpRefused) else None)
                 return
             self.negotiated = neg
             components = 1 if neg.rtcp_mux else 2
@@ -536,9 +698,9 @@ class Call:
         self.host.flush()
         self._bind(controlling=offer is None, components=components, gather=ice_ok)
 
-    def _refuse(self, status: int, reason: str) -> None:
+    def _refuse(self, status: int, reason: str, phrase: str | None = None) -> None:
         assert self.session is not None
-        self.session.reject(status, self._now())
+        self.session.reject(status, self._now(), reason=phrase)
         self.host.flush()
 
     async def accept(self) -> None:
@@ -613,7 +775,10 @@ class Call:
             if not self._answered.called:
                 error = CallError(f"call ended before it was answered ({event.reason})",
                                   status=self.status, code=ExitCode.CALL_REJECTED)
-            self._finish(event.by, event.reason, error)
+            reason = event.reason
+            if event.by == "local" and self._local_reason is not None:
+                reason = self._local_reason  # our BYE/CANCEL: say why we sent it
+            self._finish(event.by, reason, error)
 
     def _on_answer(self, event: AnswerReceived) -> None:
         try:
@@ -630,6 +795,7 @@ class Call:
             self._start_media(neg)
         else:
             neg.ice = self.negotiated.ice if self.negotiated is not None else neg.ice
+            self._apply_srtp(neg)
             self._apply_directions(neg)
         if neg.ice and media.ice is not None:
             self._feed_remote_ice(media, event.at)
@@ -676,6 +842,7 @@ class Call:
         if self.stream is None:
             self._start_media(neg)
         else:
+            self._apply_srtp(neg)
             self._apply_directions(neg)
         if neg.ice and media.ice is not None:
             self._feed_remote_ice(media, event.at)
@@ -699,6 +866,11 @@ class Call:
         elif (isinstance(event, IceFailed) and self.negotiated is not None
               and self.negotiated.ice and self.active):
             self._fail_media(f"ICE failed: {event.reason}", ExitCode.ICE_FAILED)
+        elif isinstance(event, ConsentLost) and self.active:
+            # RFC 7675 §5.1: without consent no media may be sent; a call that cannot send
+            # is over, so hang up (the BYE may still get through over the signalling path).
+            self._fail_media(f"ICE consent lost on component {event.component}",
+                             ExitCode.MEDIA_FAILED)
 
     def _on_data(self, app: AppData) -> None:
         stream = self.stream
@@ -717,6 +889,7 @@ class Call:
 
     def _fail_media(self, reason: str, code: ExitCode) -> None:
         self.failure = CallError(reason, code=code)
+        self._local_reason = reason
         if not self._flowing.called:
             self._flowing.fail(self.failure)
         self._hangup_now(reason)
@@ -726,7 +899,7 @@ class Call:
         are not the defaults, so that middleboxes on the path see the addresses in use."""
         agent, session = self.agent, self.session
         wanted = (self.options.updated_offer if self.options.updated_offer is not None
-                  else self._ice_cfg.send_updated_offer)
+                  else self._ice_cfg.send_updated_offer or self._ice_cfg.compat == "rfc5245")
         if (not wanted or agent is None or session is None or self._updated_offer_sent
                 or not agent.controlling or self.nomination != "regular" or not self.active
                 or agent.remote_lite or not session.can_offer()):
@@ -807,6 +980,10 @@ class Call:
         old pair until the new checks select one."""
         if self.agent is None or self.negotiated is None or not self.negotiated.ice:
             return defer.fail(CallError("the call does not use ICE"))
+        if self.session is None or not self.session.can_offer():
+            # Checked before the agent changes its credentials: a restart the peer never
+            # hears of would leave the two agents with different ones.
+            return defer.fail(CallError("an offer is already outstanding"))
         self.agent.restart(self._now())
         self._restarting = True
         return self._reoffer()
@@ -820,7 +997,7 @@ class Call:
         settled = self.negotiated.ice and self._ice_done() and not self._restarting
         sdp = self._local_description(direction=self._offered_direction(),
                                       answer_to=self.negotiated, ice=self.negotiated.ice,
-                                      updated=settled, remote_candidates=settled)
+                                      updated=settled, remote_candidates=settled, as_offer=True)
         return self._send_offer(sdp, "INVITE")
 
     def _send_offer(self, sdp: bytes, method: str) -> Deferred[bool]:
@@ -886,6 +1063,8 @@ class Call:
             return None
         stats = self.stream.stats()
         out: dict[str, Any] = {"stream": stats.to_dict()}
+        srtp = self.stream.session.srtp
+        out["srtp"] = srtp.stats().to_dict() if srtp is not None else None
         neg = self.negotiated
         quality = estimate_from_stats(stats.session, (neg.ptime if neg else 20) / 1000)
         out["quality"] = quality.to_dict() if quality is not None else None
@@ -894,6 +1073,21 @@ class Call:
     def stats(self) -> dict[str, Any]:
         """The call report as a dict (SIP timeline, ICE checks, selected pairs, media, MOS)."""
         return self.report().to_dict()
+
+    def _ice_knobs(self) -> dict[str, Any]:
+        """The ICE test knobs of this call for the report: the role the agent started in, its
+        tie-breaker, the compat mode and, when faults are configured, their counters."""
+        agent, cfg = self.agent, self._ice_cfg
+        knobs: dict[str, Any] = {
+            "initial_role": self._initial_role,
+            "tie_breaker": agent.tie_breaker if agent is not None else None,
+            "compat": cfg.compat,
+        }
+        if cfg.faults.active:
+            counters = (agent.faults.counters() if agent is not None and agent.faults
+                        else {"dropped_in": 0, "dropped_out": 0, "delayed": 0})
+            knobs["faults"] = {"settings": dataclasses.asdict(cfg.faults), **counters}
+        return knobs
 
     def report(self) -> CallReport:
         """The call report (see :mod:`sipua.report`)."""
@@ -918,6 +1112,7 @@ class Call:
             nomination=self.nomination,
             role=("controlling" if self.agent.controlling else "controlled")
             if self.agent is not None and neg is not None and neg.ice else None,
+            ice_knobs=self._ice_knobs() if neg is not None and neg.ice else None,
             timings={"start": t.started, "invite": t.invite, "answered": t.answered,
                      "ice_completed": t.ice_completed, "first_rtp": t.first_rtp,
                      "ended": t.ended},

@@ -252,6 +252,55 @@ def registrar(listen: str, users_file: str, domain: str | None, transports: tupl
         raise UserError(message or "the registrar failed", ExitCode(code))
 
 
+def _ice_knob_options() -> list[Any]:
+    """Knobs for testing another endpoint's ICE (docs/cli.md, docs/interop.md): each sets an
+    ice.* key (see _ICE_KNOB_KEYS), so the settings check the values."""
+    return [
+        click.option("--ice-role", type=click.Choice(["auto", "controlling", "controlled"]),
+                     default=None, help="Role to start in (ice.role; auto: the offerer "
+                                        "controls)."),
+        click.option("--tie-breaker", type=click.IntRange(0, 2**64 - 1), default=None,
+                     metavar="N", help="Fixed 64-bit ICE tie-breaker (ice.tie_breaker)."),
+        click.option("--ta", type=float, default=None, metavar="SECONDS",
+                     help="Pacing interval of the checks (ice.ta)."),
+        click.option("--keepalive", type=float, default=None, metavar="SECONDS",
+                     help="Keepalive interval on the selected pair (ice.keepalive_interval)."),
+        click.option("--consent", type=float, default=None, metavar="SECONDS",
+                     help="Mean consent check interval, 0 off (ice.consent_interval)."),
+        click.option("--candidates", default=None, metavar="TYPE[,TYPE...]",
+                     help="Candidate types to gather and offer: host, srflx, relay "
+                          "(ice.candidate_types)."),
+        click.option("--ice-compat", type=click.Choice(["rfc8445", "rfc5245"]), default=None,
+                     help="RFC 8445 or RFC 5245 behaviour where they differ (ice.compat)."),
+        click.option("--drop-requests", type=click.FloatRange(0, 1), default=None,
+                     metavar="P", help="Drop STUN checks to and from the peer with "
+                                       "probability P (ice.faults.drop_requests_in/_out)."),
+        click.option("--drop-responses", type=click.FloatRange(0, 1), default=None,
+                     metavar="P", help="Drop STUN responses to and from the peer with "
+                                       "probability P (ice.faults.drop_responses_in/_out)."),
+        click.option("--drop-after", type=click.FloatRange(0), default=None, metavar="SECONDS",
+                     help="Drop all STUN with the peer from this long after the checks "
+                          "start (ice.faults.drop_after)."),
+        click.option("--stun-delay", type=click.FloatRange(0), default=None, metavar="SECONDS",
+                     help="Hold back each STUN message to the peer (ice.faults.delay)."),
+        click.option("--withhold-nomination", is_flag=True, default=None,
+                     help="As controlling agent never nominate (ice.faults."
+                          "withhold_nomination)."),
+    ]
+
+
+#: The ICE knob flags and the keys they set (a probability flag sets both directions).
+_ICE_KNOB_KEYS: dict[str, tuple[str, ...]] = {
+    "ice_role": ("ice.role",), "tie_breaker": ("ice.tie_breaker",), "ta": ("ice.ta",),
+    "keepalive": ("ice.keepalive_interval",), "consent": ("ice.consent_interval",),
+    "candidates": ("ice.candidate_types",), "ice_compat": ("ice.compat",),
+    "drop_requests": ("ice.faults.drop_requests_in", "ice.faults.drop_requests_out"),
+    "drop_responses": ("ice.faults.drop_responses_in", "ice.faults.drop_responses_out"),
+    "drop_after": ("ice.faults.drop_after",), "stun_delay": ("ice.faults.delay",),
+    "withhold_nomination": ("ice.faults.withhold_nomination",),
+}
+
+
 def _call_options(f: Any) -> Any:
     """The options `call`, `answer` and `phone` share (docs/calls.md, docs/cli.md)."""
     options = [
@@ -268,6 +317,7 @@ def _call_options(f: Any) -> Any:
         click.option("--turn-password", default=None, help="TURN password."),
         click.option("--nomination", type=click.Choice(["regular", "aggressive"]),
                      default=None, help="ICE nomination (default: the configuration's)."),
+        *_ice_knob_options(),
         click.option("--no-ice", is_flag=True, default=None,
                      help="No ICE: media to the SDP address only (ice.enabled = false)."),
         click.option("--ice-lite", is_flag=True, default=None,
@@ -275,6 +325,9 @@ def _call_options(f: Any) -> Any:
         click.option("--ipv6", is_flag=True, default=None, help="Gather IPv6 candidates too."),
         click.option("--rtcp-mux/--no-rtcp-mux", default=None,
                      help="Offer RTP and RTCP on one component (default: ice.rtcp_mux)."),
+        click.option("--srtp", type=click.Choice(["off", "optional", "mandatory"]),
+                     default=None, help="SRTP with SDES keys (default: media.srtp; "
+                                        "docs/security.md)."),
         click.option("--play", default=None, metavar="WAV", help="Send this WAV (looped)."),
         click.option("--record", default=None, metavar="WAV", help="Record what arrives."),
         click.option("--json", "as_json", is_flag=True,
@@ -295,7 +348,8 @@ def _call_options(f: Any) -> Any:
 
 #: The flags of _call_options that become settings (flag -> dotted key).
 _FLAG_KEYS = {"no_ice": "ice.enabled", "ice_lite": "ice.lite", "ipv6": "ice.ipv6",
-              "rtcp_mux": "ice.rtcp_mux", "nomination": "ice.nomination"}
+              "rtcp_mux": "ice.rtcp_mux", "nomination": "ice.nomination",
+              "srtp": "media.srtp"}
 _DEFAULT_LISTEN = "0.0.0.0:5060"
 
 
@@ -310,6 +364,10 @@ def _command_setup(kw: dict[str, Any], listen: str | None, default_listen: str,
         value = kw.pop(name)
         if value is not None:
             flags[key] = (not value) if name == "no_ice" else value
+    for name, keys in _ICE_KNOB_KEYS.items():
+        value = kw.pop(name)
+        for key in keys if value is not None else ():
+            flags[key] = value
     stun, turn = kw.pop("stun"), kw.pop("turn")
     turn_user, turn_password = kw.pop("turn_user"), kw.pop("turn_password")
     if stun is not None:
@@ -498,6 +556,66 @@ def phone_command(listen: str | None, tone: float, no_audio: bool, **kw: Any) ->
     with _session(settings, opts, extras) as session:
         code, message = run_phone(opts, settings=settings, no_audio=no_audio,
                                   prepare=session.prepare)
+    if code:
+        raise UserError(message, ExitCode(code))
+
+
+@cli.command("probe")
+@click.argument("uri")
+@click.option("--listen", default=None, metavar="HOST[:PORT]",
+              help="Local SIP address; port 0 picks a free one [default: ua.listen from the "
+                   "configuration, else 0.0.0.0:0].")
+@_call_options
+@click.option("--listen-for", type=click.FloatRange(0), default=12.0, show_default=True,
+              metavar="SECONDS",
+              help="Seconds to watch the first call for keepalives, consent checks and an "
+                   "updated offer.")
+@click.option("--skip", default="", metavar="STEP[,STEP...]",
+              help="Steps not to run: restart, role-conflict, mismatch.")
+@click.option("--markdown", is_flag=True,
+              help="Print the findings as a markdown table instead of the tables.")
+def probe_command(uri: str, listen: str | None, listen_for: float, skip: str, markdown: bool,
+                  **kw: Any) -> None:
+    """Call URI a few times and report how the peer's ICE behaves (docs/cli.md); exit 0 when
+    the probe ran, whatever it found."""
+    import json
+
+    from sipua.probe import (
+        STEPS,
+        ProbeOptions,
+        render_report,
+        report_markdown,
+        run_probe_command,
+    )
+    from sipua.uri import SipParseError, parse_uri
+
+    try:
+        parse_uri(uri)
+    except (SipParseError, ValueError) as exc:
+        raise UserError(f"not a SIP URI: {uri!r} ({exc})") from None
+    skipped = frozenset(s.strip() for s in skip.split(",") if s.strip())
+    unknown = sorted(skipped - set(STEPS))
+    if unknown:
+        raise UserError(f"--skip: unknown step {', '.join(unknown)} (expected any of "
+                        f"{', '.join(STEPS)})")
+    settings, opts, extras = _command_setup({**kw, "duration": None}, listen, "0.0.0.0:0")
+    options = ProbeOptions(listen_for=listen_for, skip=skipped, timeout=opts.timeout)
+    with _session(settings, opts, extras) as session:
+        say = None if opts.as_json or markdown else session.printer.say
+        code, message, report = run_probe_command(uri, opts, options, settings=settings,
+                                                   say=say, prepare=session.prepare)
+    if opts.as_json:
+        data = report.to_dict() if report is not None else {
+            "uri": uri, "peer": None, "exit_code": code, "message": message, "timings": {},
+            "findings": []}
+        click.echo(json.dumps(data, default=str))
+    elif markdown and report is not None:
+        click.echo(report_markdown(report.to_dict()), nl=False)
+    elif report is not None:
+        from rich.console import Console
+
+        render_report(report, Console(highlight=False, width=None if sys.stdout.isatty()
+                                      else 110))
     if code:
         raise UserError(message, ExitCode(code))
 

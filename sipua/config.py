@@ -574,6 +574,10 @@ def _table_lines(obj: Any, header: str, *, comments: bool, doc: str) -> list[str
             for item in value:
                 later += _table_lines(item, f"[{header}.{f.name}]", comments=False, doc="")
             continue
+        if _is_settings_class(type(value)):  # a nested table such as [ice.faults]
+            later += ["", *_table_lines(value, f"{header}.{f.name}", comments=comments,
+                                        doc=docs[f.name])]
+            continue
         if comments:
             lines += _comment(docs[f.name])
         if value is None:
@@ -632,6 +636,10 @@ def render_reference() -> str:
             if sub is not None:
                 out += [f"#### `[[{f.name}.{g.name}]]`", "", sub.__doc__ or "", ""]
                 out += _reference_table(sub, (f.name, g.name, "N"))
+            nested = _hints(cls)[g.name]
+            if _is_settings_class(nested):
+                out += [f"#### `[{f.name}.{g.name}]`", "", nested.__doc__ or "", ""]
+                out += _reference_table(nested, (f.name, g.name))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -642,6 +650,8 @@ def _reference_table(cls: type, path: tuple[str, ...]) -> list[str]:
     for f in dataclasses.fields(cls):
         if f.default is not MISSING:
             default = "unset" if f.default is None else f"`{_toml_value(f.default)}`"
+        elif f.default_factory is not MISSING and _is_settings_class(hints[f.name]):
+            default = "see below"  # a nested table, documented in its own section
         elif f.default_factory is not MISSING:
             default = f"`{_toml_value(f.default_factory())}`"
         else:

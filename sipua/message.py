@@ -29,6 +29,9 @@ from sipua.uri import FAST_URI_PATTERN, SipParseError, SipUri, _fast_uri, parse_
 
 __all__ = [
     "DEFAULT_MAX_FORWARDS",
+    "MAX_HEADER_LINE",
+    "MAX_HEADER_LINES",
+    "MAX_START_LINE",
     "CSeq",
     "Headers",
     "Message",
@@ -56,6 +59,15 @@ MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
 _MAX_CSEQ = 2**31  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31
 _MAX_EXPIRES = 2**32 - 1  # RFC 3261 §20.19
 _MAX_CONTENT_LENGTH = 2**31
+#: Header lines per message. Real messages carry a few dozen (long Via or Record-Route lists
+#: included); a peer sending thousands only makes every later list read cost more. Beyond it:
+#: 513 Message Too Large (RFC 3261 §21.5.14).
+MAX_HEADER_LINES = 512
+#: Characters in one header line (after unfolding). Identity and long Route sets stay far
+#: below; anything longer only makes typed parsing slow. Beyond it: 513.
+MAX_HEADER_LINE = 8192
+#: Characters in the start line: a longer Request-URI is answered 414 (RFC 3261 §21.4.12).
+MAX_START_LINE = 4096
 
 # RFC 3261 §7.3.3 plus the compact forms registered since (RFC 3265, 3515, 3841, 3892, 4028, 4474).
 _COMPACT = {
@@ -1093,6 +1105,14 @@ def _parse_head(head: str) -> tuple[str, list[str], dict[str, list[str]]]:
                                 partial=_partial(index))
         else:
             index[key].append(value.strip())
+    if len(lines) > MAX_HEADER_LINES:
+        raise SipParseError(f"more than {MAX_HEADER_LINES} header lines", 513, _partial(index))
+    if len(head) > MAX_HEADER_LINE and max(map(len, lines)) > MAX_HEADER_LINE:
+        raise SipParseError(f"header line longer than {MAX_HEADER_LINE} characters", 513,
+                            _partial(index))
+    if len(start_line) > MAX_START_LINE:
+        status = 513 if start_line[:4].upper() == "SIP/" else 414
+        raise SipParseError("start line too long", status, _partial(index))
     return start_line, lines, index
 
 

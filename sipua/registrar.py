@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import heapq
 import hmac
 import ipaddress
 import logging
@@ -295,6 +296,11 @@ class Registrar:
         self._secret = rng.getrandbits(256).to_bytes(32, "big")
         self._local: dict[str, Address] = dict(local_addresses or {})
         self._bindings: dict[str, list[Binding]] = {}
+        #: (expires_at, user) of bindings set, a heap; entries of replaced bindings are stale
+        #: and skipped: the next expiry costs O(log n), not a scan of every binding per event.
+        self._expiry: list[tuple[float, str]] = []
+        #: Bindings by contact key, for routing requests to a contact without a scan.
+        self._contacts: dict[tuple[str | None, str, int], Binding] = {}
         self._forwards: dict[str, _Forward] = {}
         self._by_server_tx: dict[str, str] = {}
         self._flows: OrderedDict[tuple[str | None, str, int], tuple[Address, str]] = \
@@ -313,22 +319,34 @@ class Registrar:
         """The oldest undelivered event, or None."""
         return self._events.popleft() if self._events else None
 
+    def _live_expiry(self, entry: tuple[float, str]) -> bool:
+        return any(b.expires_at == entry[0] for b in self._bindings.get(entry[1], ()))
+
     def next_timer(self) -> float | None:
         """The next binding expiry or forwarding deadline."""
-        deadlines = [b.expires_at for bs in self._bindings.values() for b in bs]
-        deadlines.extend(f.deadline for f in self._forwards.values())
+        heap = self._expiry
+        while heap and not self._live_expiry(heap[0]):
+            heapq.heappop(heap)
+        deadlines = [f.deadline for f in self._forwards.values()]
+        if heap:
+            deadlines.append(heap[0][0])
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
         """Drop lapsed bindings; CANCEL INVITEs past timer C; forget finished forwards."""
-        for user, bindings in list(self._bindings.items()):
+        due: set[str] = set()
+        while self._expiry and self._expiry[0][0] <= now:
+            due.add(heapq.heappop(self._expiry)[1])
+        for user in sorted(due):
+            bindings = self._bindings.get(user, [])
             keep = []
             for binding in bindings:
                 if binding.expires_at <= now:
                     self._events.append(BindingRemoved(user, str(binding.uri), "expired", now))
                 else:
                     keep.append(binding)
-            self._set_bindings(user, keep)
+            if len(keep) != len(bindings):
+                self._set_bindings(user, keep)
         for branch, forward in list(self._forwards.items()):
             if forward.deadline > now:
                 continue
@@ -457,10 +475,9 @@ class Registrar:
         """NAT-aware routing: a registered contact (or one seen in a request we passed on)
         is reached at the address its requests came from."""
         key = _contact_key(uri)
-        for bindings in self._bindings.values():
-            for binding in bindings:
-                if binding.expires_at > now and _contact_key(binding.uri) == key:
-                    return binding.source, binding.transport
+        binding = self._contacts.get(key)
+        if binding is not None and binding.expires_at > now:
+            return binding.source, binding.transport
         return self._flows.get(key)
 
     def _remember_flow(self, request: Request, source: Address, transport: str) -> None:
@@ -768,10 +785,20 @@ class Registrar:
         self._actions.append(SendResponse(event.server_tx_id, response))
 
     def _set_bindings(self, user: str, bindings: list[Binding]) -> None:
+        for old in self._bindings.get(user, ()):
+            key = _contact_key(old.uri)
+            if self._contacts.get(key) is old:
+                del self._contacts[key]
         if bindings:
             self._bindings[user] = bindings
         else:
             self._bindings.pop(user, None)
+        for binding in bindings:
+            self._contacts[_contact_key(binding.uri)] = binding
+            heapq.heappush(self._expiry, (binding.expires_at, user))
+        if len(self._expiry) > 4 * len(self._contacts) + 1024:
+            self._expiry = [e for e in self._expiry if self._live_expiry(e)]
+            heapq.heapify(self._expiry)
 
 
 def _max_forwards(request: Request) -> int:

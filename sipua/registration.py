@@ -77,7 +77,7 @@ class RegistrationSettings:
     #: Digest user name; None = the user part of ``aor``.
     username: str | None = None
     #: Digest password; None = answer no challenge (a challenge is then a permanent failure).
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
     #: Lifetime asked for, in seconds (Contact ``expires`` and Expires, §10.2.1.1).
     expires: int = 600
     #: Transport of the binding: "udp", "tcp" or "tls" (names the Contact's transport).

@@ -20,6 +20,7 @@ from ice.events import (
     CheckSucceeded,
     IceEvent,
     PairSnapshot,
+    RoleChanged,
 )
 from sipua.session import MessageRecord
 
@@ -106,8 +107,12 @@ def build_report(*, call_id: str | None, direction: str, state: str, status: int
                  messages: Sequence[MessageRecord], ice_events: Sequence[IceEvent],
                  selected: Mapping[int, PairSnapshot | None], media: Mapping[str, Any] | None,
                  codec: str | None, ice: bool, nomination: str, role: str | None,
-                 timings: Mapping[str, float | None], error: str | None = None) -> CallReport:
-    """Assemble the report of one call from what it recorded."""
+                 timings: Mapping[str, float | None], error: str | None = None,
+                 ice_knobs: Mapping[str, Any] | None = None) -> CallReport:
+    """Assemble the report of one call from what it recorded.
+
+    ``ice_knobs`` (initial_role, tie_breaker, compat, faults: the test knobs of the call) go
+    into ``ice`` when given, with ``role_changes`` taken from the RoleChanged events."""
     start = timings.get("start") or 0.0
     sip = [{**m.to_dict(), "at": _rel(m.at, start)} for m in messages]
     timeline = []
@@ -132,4 +137,12 @@ def build_report(*, call_id: str | None, direction: str, state: str, status: int
         "quality": quality,
         "mos": quality.get("mos") if isinstance(quality, Mapping) else None,
     }
+    if ice_knobs is not None:
+        data["ice"].update(ice_knobs)
+        data["ice"]["role_changes"] = [
+            {"at": _rel(e.at, start), "role": "controlling" if e.controlling else "controlled",
+             "reason": e.reason} for e in ice_events if isinstance(e, RoleChanged)]
+    if data["media"] is not None:
+        # SRTP figures (media.srtp.SrtpStats): suite, auth_failures, replays, ...; None = RTP.
+        data["media"]["srtp"] = media.get("srtp") if media else None
     return CallReport(data)

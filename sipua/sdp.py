@@ -3,7 +3,9 @@
 sdp-transform does the line grammar. Candidate lines are the exception: its grammar turns
 numeric-looking foundations into numbers ("0123" becomes 123) and drops extension pairs it does not
 know, so ``a=candidate`` values are read from the raw text with :meth:`Candidate.from_sdp`, which
-keeps them exactly. Everything here is pure: text in, values out.
+keeps them exactly. So are ``a=crypto`` lines (SDES, RFC 4568): sdp-transform gives
+``{id, suite, config, sessionConfig}`` but keeps only the first session parameter, so
+:meth:`CryptoAttribute.from_sdp` reads them. Everything here is pure: text in, values out.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from typing import Any
 import sdp_transform
 
 from ice.candidate import Candidate, CandidateError, CandidateType
+from media.srtp import SUITES, decode_key, encode_key
 
 Address = tuple[str, int]
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+#: Lines in one SDP body. An audio offer with ICE has a few dozen; the cap bounds what
+#: sdp-transform's per-line regular expressions are run on, whatever the SIP size limit.
+MAX_SDP_LINES = 2048
+#: m= sections in one body: a call uses one audio stream, a few more are merely rejected.
+MAX_SDP_MEDIA = 32
+#: Candidates read per m= section; the rest are ignored (RFC 8839 §5.1 lets an agent ignore
+#: candidates), so a peer cannot make the agent pair thousands of them.
+MAX_SDP_CANDIDATES = 256
 #: RFC 3264 §6: what an answerer answers to each offered direction (when it can do all).
 ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly",
                     "inactive": "inactive"}
@@ -53,11 +64,177 @@ STATIC_CODECS = {0: PCMU, 8: PCMA}
 
 
 @dataclass(frozen=True)
+class InlineKey:
+    """One ``inline:`` key parameter of an ``a=crypto`` line (RFC 4568 §6.1, §9.2)."""
+
+    key: bytes = field(repr=False)
+    """Master key followed by master salt (kept out of repr, hence out of logs)."""
+    lifetime: int | None = None
+    """Packets the key may protect (``|2^31`` or ``|2147483648``); None = the suite's limit."""
+    lifetime_power: bool = True
+    """The lifetime was written as a power of two (kept to write it back the same way)."""
+    mki: int | None = None
+    """Master Key Identifier value (``|MKI:length``), None without one."""
+    mki_length: int | None = None
+    """Octets of the MKI field in each packet, 1-128."""
+
+    @property
+    def mki_bytes(self) -> bytes | None:
+        """The MKI as it appears on the wire (RFC 3711 §3.1), None without one."""
+        if self.mki is None or self.mki_length is None:
+            return None
+        return self.mki.to_bytes(self.mki_length, "big")
+
+    def to_sdp(self) -> str:
+        text = "inline:" + encode_key(self.key)
+        if self.lifetime is not None:
+            if self.lifetime_power and self.lifetime > 0 and \
+                    self.lifetime & (self.lifetime - 1) == 0:
+                text += f"|2^{self.lifetime.bit_length() - 1}"
+            else:
+                text += f"|{self.lifetime}"
+        if self.mki is not None:
+            text += f"|{self.mki}:{self.mki_length}"
+        return text
+
+
+#: Largest lifetime exponent and MKI length read (RFC 4568 §9.2: MKI length 1*3DIGIT, 1-128).
+_MAX_LIFETIME_POWER = 64
+_MAX_MKI_LENGTH = 128
+
+
+def _harmless(param: str) -> bool:
+    """Session parameters that change nothing for us: a window size hint (we keep libsrtp's
+    window of 128, RFC 4568 §6.3.7) and a key derivation rate of 0 (no re-derivation, §6.3.1).
+    Anything else (UNENCRYPTED_SRTCP, FEC_ORDER, KDR=n) changes the transforms."""
+    if param == "KDR=0":
+        return True
+    return param.startswith("WSH=") and param[4:].isascii() and param[4:].isdigit()
+
+
+@dataclass(frozen=True)
+class CryptoAttribute:
+    """One ``a=crypto`` line (RFC 4568 §9.1): ``<tag> <suite> <key-params> [<session-params>]``.
+
+    ``keys`` holds every ``inline:`` key parameter (``;``-separated); we use lines with exactly
+    one. Unknown suites parse too (with whatever key material they carry), so that the
+    selection can skip them (RFC 4568 §7.1.2).
+    """
+
+    tag: int
+    suite: str
+    keys: tuple[InlineKey, ...]
+    session_params: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> bytes:
+        """The (first) master key and salt."""
+        return self.keys[0].key
+
+    @property
+    def supported(self) -> bool:
+        """We can use this line: a suite we do, one key of the suite's length, and no session
+        parameter that changes the transforms (UNENCRYPTED_SRTP, FEC_ORDER, ...)."""
+        suite = SUITES.get(self.suite)
+        return (suite is not None and len(self.keys) == 1
+                and len(self.keys[0].key) == suite.master_length
+                and all(_harmless(p) for p in self.session_params))
+
+    @property
+    def key_params(self) -> str:
+        """The key parameters as written: ``inline:...`` joined by ``;``."""
+        return ";".join(k.to_sdp() for k in self.keys)
+
+    def to_sdp(self) -> str:
+        """The attribute value after ``a=``."""
+        text = f"crypto:{self.tag} {self.suite} {self.key_params}"
+        if self.session_params:
+            text += " " + " ".join(self.session_params)
+        return text
+
+    @classmethod
+    def from_sdp(cls, value: str) -> CryptoAttribute:
+        """Read the value of an ``a=crypto`` line (with or without ``crypto:``); raises
+        :class:`SdpError`."""
+        text = value.strip()
+        if text[:7].lower() == "crypto:":
+            text = text[7:]
+        parts = text.split()
+        if len(parts) < 3:
+            raise SdpError(f"a=crypto needs a tag, a suite and key parameters: {value!r}")
+        tag, suite, key_params = parts[0], parts[1], parts[2]
+        if not (tag.isascii() and tag.isdigit()) or len(tag) > 9:
+            raise SdpError(f"a=crypto tag must be 1-9 digits: {tag!r}")
+        keys = tuple(_inline_key(param) for param in key_params.split(";"))
+        return cls(int(tag), suite, keys, tuple(parts[3:]))
+
+
+def _digits(text: str, what: str, max_len: int) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > max_len:
+        raise SdpError(f"a=crypto {what} must be 1-{max_len} digits: {text!r}")
+    return int(text)
+
+
+def _inline_key(param: str) -> InlineKey:
+    """``inline:<key||salt>[|lifetime][|MKI:length]`` (RFC 4568 §9.2)."""
+    method, _, info = param.partition(":")
+    if method.lower() != "inline" or not info:
+        raise SdpError(f"a=crypto key method must be inline: {param!r}")
+    fields = info.split("|")
+    if len(fields) > 3:
+        raise SdpError(f"a=crypto key has too many '|' fields: {param!r}")
+    try:
+        key = decode_key(fields[0])
+    except ValueError as exc:
+        raise SdpError(f"a=crypto key is not base64: {fields[0]!r}") from exc
+    if not key:
+        raise SdpError("a=crypto key is empty")
+    lifetime: int | None = None
+    power = True
+    mki = mki_length = None
+    for extra in fields[1:]:
+        if ":" in extra:
+            if mki is not None:
+                raise SdpError(f"a=crypto key has two MKI fields: {param!r}")
+            value, _, length = extra.partition(":")
+            mki = _digits(value, "MKI value", 40)
+            mki_length = _digits(length, "MKI length", 3)
+            if not 1 <= mki_length <= _MAX_MKI_LENGTH or mki >= 256 ** mki_length:
+                raise SdpError(f"a=crypto MKI {mki} does not fit {mki_length} octets")
+        else:
+            if lifetime is not None or mki is not None:
+                raise SdpError(f"a=crypto lifetime out of place: {param!r}")
+            if extra.startswith("2^"):
+                exponent = _digits(extra[2:], "lifetime exponent", 2)
+                if exponent > _MAX_LIFETIME_POWER:
+                    raise SdpError(f"a=crypto lifetime 2^{exponent} is out of range")
+                lifetime = 1 << exponent
+            else:
+                lifetime = _digits(extra, "lifetime", 20)
+                power = False
+    return InlineKey(key, lifetime, power, mki, mki_length)
+
+
+def select_crypto(offered: Iterable[CryptoAttribute]) -> CryptoAttribute | None:
+    """RFC 4568 §7.1.2: the answerer takes one offered line it supports; we take the first, the
+    offerer's preference. Unknown suites and lines we cannot use are skipped."""
+    return next((c for c in offered if c.supported), None)
+
+
+def match_crypto_answer(offered: Iterable[CryptoAttribute], answered: Iterable[CryptoAttribute]
+                        ) -> CryptoAttribute | None:
+    """RFC 4568 §7.1.3: the answer's line with the tag and suite of one of our offered lines
+    (and a key we can use); None when the answer accepted none of them."""
+    ours = {c.tag: c.suite for c in offered}
+    return next((a for a in answered if ours.get(a.tag) == a.suite and a.supported), None)
+
+
+@dataclass(frozen=True)
 class IceAttributes:
     """The ICE part of one media description (RFC 8839 §5)."""
 
     ufrag: str
-    pwd: str
+    pwd: str = field(repr=False)  # the ICE key material stays out of reprs and logs
     candidates: tuple[Candidate, ...] = ()
     lite: bool = False
     options: tuple[str, ...] = ()
@@ -84,6 +261,13 @@ class MediaDescription:
     ice_mismatch: bool = False
     #: Lines we do not interpret, kept so an answer or a log can show them.
     other: tuple[str, ...] = ()
+    #: ``a=crypto`` lines (RFC 4568) in their order; lines that do not parse are left out.
+    crypto: tuple[CryptoAttribute, ...] = ()
+
+    @property
+    def secure(self) -> bool:
+        """The m-line names the secure RTP profile (RTP/SAVP, RFC 3711 §12)."""
+        return "SAVP" in self.proto.upper()
 
     @property
     def default_address(self) -> Address:
@@ -186,6 +370,28 @@ def _media_sections(text: str) -> list[list[str]]:
     return sections
 
 
+def _session_lines(text: str) -> list[str]:
+    """Raw attribute lines of the session level (before the first m=)."""
+    lines: list[str] = []
+    for raw in text.replace("\r\n", "\n").split("\n"):
+        line = raw.strip()
+        if line.startswith("m="):
+            break
+        if line.startswith("a="):
+            lines.append(line[2:])
+    return lines
+
+
+def _raw_attribute(lines: Sequence[str], name: str) -> str | None:
+    """The value of the first ``a=name:value`` among ``lines``, as written: sdp-transform turns
+    a numeric-looking ice-ufrag such as ``200e2443`` into a float (``inf``)."""
+    prefix = name + ":"
+    for line in lines:
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    return None
+
+
 def _parse_remote_candidates(value: str) -> tuple[tuple[int, Address], ...]:
     tokens = value.split()
     if len(tokens) % 3:
@@ -227,14 +433,20 @@ def parse_sdp(text: str) -> SessionDescription:
     """
     if not isinstance(text, str) or "v=" not in text:
         raise SdpError("not an SDP body (no v= line)")
+    if text.count("\n") > MAX_SDP_LINES:
+        raise SdpError(f"more than {MAX_SDP_LINES} SDP lines")
+    if text.count("m=") > MAX_SDP_MEDIA and sum(
+            line.lstrip().startswith("m=") for line in text.split("\n")) > MAX_SDP_MEDIA:
+        raise SdpError(f"more than {MAX_SDP_MEDIA} m= sections")
     try:
         session = sdp_transform.parse(text)
     except Exception as exc:  # sdp-transform raises assorted errors on odd input
         raise SdpError(f"unparsable SDP: {exc}") from exc
     raw_sections = _media_sections(text)
     session_conn = (session.get("connection") or {}).get("ip")
-    session_ufrag = session.get("iceUfrag")
-    session_pwd = session.get("icePwd")
+    session_raw = _session_lines(text)
+    session_ufrag = _raw_attribute(session_raw, "ice-ufrag")
+    session_pwd = _raw_attribute(session_raw, "ice-pwd")
     lite = bool(session.get("icelite"))
     session_options = tuple(str(session.get("iceOptions", "")).split())
     session_direction = session.get("direction")
@@ -280,14 +492,23 @@ def _parse_media(media: dict[str, Any], raw: Sequence[str], session_conn: str | 
         r = media["rtcp"]
         rtcp = (str(r.get("address") or conn), int(r["port"]))
     candidates: list[Candidate] = []
+    crypto: list[CryptoAttribute] = []
     for line in raw:
         if line[:10].lower() == "candidate:":
+            if len(candidates) >= MAX_SDP_CANDIDATES:
+                continue
             try:
                 candidates.append(Candidate.from_sdp(line))
             except CandidateError:
                 continue  # RFC 8839 §5.1: ignore what we cannot use, never fail the call
-    ufrag = media.get("iceUfrag") or session_ufrag
-    pwd = media.get("icePwd") or session_pwd
+        elif line[:7].lower() == "crypto:":
+            # Read from the raw text: sdp-transform keeps only one session parameter.
+            try:
+                crypto.append(CryptoAttribute.from_sdp(line))
+            except SdpError:
+                continue  # a line we cannot read is one we do not select (RFC 4568 §7.1.2)
+    ufrag = _raw_attribute(raw, "ice-ufrag") or session_ufrag
+    pwd = _raw_attribute(raw, "ice-pwd") or session_pwd
     ice = None
     if ufrag and pwd:
         options = tuple(str(media.get("iceOptions", "")).split()) or session_options
@@ -303,7 +524,7 @@ def _parse_media(media: dict[str, Any], raw: Sequence[str], session_conn: str | 
         direction=str(media.get("direction") or session_direction or "sendrecv"),
         ptime=int(ptime) if ptime else None, rtcp=rtcp, rtcp_mux=bool(media.get("rtcpMux")),
         ice=ice, ice_mismatch="ice-mismatch" in invalid,
-        other=tuple(v for v in invalid if v != "ice-mismatch"))
+        other=tuple(v for v in invalid if v != "ice-mismatch"), crypto=tuple(crypto))
 
 
 def write_sdp(desc: SessionDescription) -> str:
@@ -345,6 +566,11 @@ def _write_media(media: MediaDescription, session_conn: str) -> dict[str, Any]:
                        "ipVer": _ip_version(media.rtcp[0]), "address": media.rtcp[0]}
     if media.rtcp_mux:
         out["rtcpMux"] = "rtcp-mux"
+    if media.crypto:
+        out["crypto"] = [
+            {"id": c.tag, "suite": c.suite, "config": c.key_params,
+             **({"sessionConfig": " ".join(c.session_params)} if c.session_params else {})}
+            for c in media.crypto]
     invalid: list[dict[str, str]] = [{"value": v} for v in media.other]
     if media.ice is not None:
         out["iceUfrag"] = media.ice.ufrag
@@ -379,6 +605,10 @@ class AudioOffer:
     rtcp_mux: bool = False
     ice: IceAttributes | None = None
     extra: tuple[str, ...] = field(default=())
+    #: The m-line profile: RTP/AVP, or RTP/SAVP when SRTP is required (RFC 4568 §7.1.1).
+    proto: str = "RTP/AVP"
+    #: Our ``a=crypto`` lines (RFC 4568): every suite offered, or the one answered.
+    crypto: tuple[CryptoAttribute, ...] = ()
 
 
 def build_description(offer: AudioOffer, *, session_id: int, session_version: int,
@@ -390,7 +620,8 @@ def build_description(offer: AudioOffer, *, session_id: int, session_version: in
     media = MediaDescription(
         port=offer.port, codecs=offer.codecs, connection=offer.connection,
         direction=offer.direction, ptime=offer.ptime, rtcp=offer.rtcp, rtcp_mux=offer.rtcp_mux,
-        ice=offer.ice, ice_mismatch=ice_mismatch, other=offer.extra)
+        ice=offer.ice, ice_mismatch=ice_mismatch, other=offer.extra, proto=offer.proto,
+        crypto=offer.crypto)
     return SessionDescription(media=(media,), origin_address=origin_address or offer.connection,
                               session_id=session_id, session_version=session_version)
 

@@ -82,6 +82,9 @@ class SessionSettings:
     supported: tuple[str, ...] = ()
     #: Final response an unanswered incoming call gets when the local side hangs up.
     decline_status: int = 603
+    #: Live sessions (either direction) at most; a new incoming INVITE beyond it is answered
+    #: 486 Busy Here (RFC 3261 §21.4.24) and opens no session. 0 means unlimited.
+    max_sessions: int = 0
 
 
 class SessionState(enum.Enum):
@@ -925,6 +928,10 @@ class InviteSession:
         return f"<InviteSession {self.id} {self.role} {self.state.value}>"
 
 
+#: Transaction-to-session maps are pruned of ended transactions past this size.
+_PRUNE_AT = 4096
+
+
 def _synthetic(request: Request, status: int, reason: str) -> Response:
     """A local stand-in for a response that never came (timeouts, transport errors)."""
     return make_response(request, status, reason)
@@ -946,6 +953,9 @@ class SessionManager:
         self._by_server_tx: dict[str, InviteSession] = {}
         self._events: deque[SessionEvent] = deque()
         self._serial = 0
+        #: Incoming INVITEs refused 486 because ``max_sessions`` were live.
+        self.refused_busy = 0
+        self._prune_at = _PRUNE_AT
 
     # --- configuration --------------------------------------------------------------------------
     def set_local_address(self, transport: str, address: Address, *,
@@ -997,7 +1007,16 @@ class SessionManager:
         self.sessions.pop(session.id, None)
         for key in [k for k, s in self._by_dialog.items() if s is session]:
             del self._by_dialog[key]
-        # Client transactions stay mapped: a late BYE response or 2xx still finds the session.
+        # Client transactions stay mapped: a late BYE response or 2xx still finds the session,
+        # until the transaction layer has forgotten them too (so the maps stay bounded).
+        if len(self._by_client_tx) + len(self._by_server_tx) > self._prune_at:
+            live = self.layer.transaction
+            self._by_client_tx = {k: v for k, v in self._by_client_tx.items()
+                                  if live(k) is not None}
+            self._by_server_tx = {k: v for k, v in self._by_server_tx.items()
+                                  if live(k) is not None or not v.ended}
+            self._prune_at = max(_PRUNE_AT, 2 * (len(self._by_client_tx)
+                                                 + len(self._by_server_tx)))
 
     # --- starting calls -------------------------------------------------------------------------
     def invite(self, target: SipUri | str, *, local: NameAddr | str, now: float,
@@ -1118,6 +1137,14 @@ class SessionManager:
     def _on_request(self, event: RequestReceived, now: float) -> bool:
         request = event.request
         method = request.method
+        # RFC 3261 §8.2.2.3: a Require we do not support gets 420 listing it, for every
+        # request but ACK and CANCEL (those come as other events), in a dialog or not.
+        required = [tag.strip() for value in request.headers.get_all("Require")
+                    for tag in value.split(",") if tag.strip()]
+        unsupported = [tag for tag in required if tag not in self.settings.supported]
+        if unsupported:
+            self._stateless(event, 420, now, [("Unsupported", ", ".join(unsupported))])
+            return True
         if request.to.tag is not None:
             session = self._find_dialog(request)
             if session is None:
@@ -1144,17 +1171,18 @@ class SessionManager:
 
     def _new_incoming(self, event: RequestReceived, now: float) -> None:
         request = event.request
-        required = [tag.strip() for value in request.headers.get_all("Require")
-                    for tag in value.split(",") if tag.strip()]
-        unsupported = [tag for tag in required if tag not in self.settings.supported]
-        if unsupported:
-            self._stateless(event, 420, now, [("Unsupported", ", ".join(unsupported))])
-            return
         if request.body and not _is_sdp(request):
             self._stateless(event, 415, now, [("Accept", SDP_TYPE)])
             return
         if not request.contacts:
             self._stateless(event, 400, now)
+            return
+        limit = self.settings.max_sessions
+        if limit and len(self.sessions) >= limit:
+            self.refused_busy += 1
+            log.info("incoming call (Call-ID %s) refused: %d sessions live", request.call_id,
+                     len(self.sessions))
+            self._stateless(event, 486, now)
             return
         transport = event.transport
         session = InviteSession(

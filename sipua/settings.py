@@ -30,13 +30,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "Account", "AnswerPolicy", "IceConfig", "LoggingConfig", "MediaConfig", "SettingError",
-    "Settings", "TurnServer", "UaSettings", "field_docs", "parse_hostport",
+    "Account", "AnswerPolicy", "IceConfig", "IceFaults", "LoggingConfig", "MediaConfig",
+    "SettingError", "Settings", "TurnServer", "UaSettings", "field_docs", "parse_hostport",
 ]
 
 TRANSPORTS = ("udp", "tcp", "tls")
 NOMINATIONS = ("regular", "aggressive")
 CANDIDATE_TYPES = ("host", "srflx", "relay")
+ICE_ROLES = ("auto", "controlling", "controlled")
+ICE_COMPAT = ("rfc8445", "rfc5245")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SIP_PORT = 5060
 SIPS_PORT = 5061
@@ -299,6 +301,14 @@ class UaSettings:
     #: Seconds between CRLF keep-alives on TCP/TLS flows (RFC 5626 §4.4.1: 95-120 s without a
     #: Flow-Timer from the registrar); 0 disables them.
     keepalive_interval: float = 120.0
+    #: Calls in progress at most (both directions); a new incoming call beyond it is answered
+    #: 486 Busy Here and gets no media sockets. 0 means unlimited.
+    max_calls: int = 200
+    #: Live SIP transactions at most, server and client each: a new request from a peer beyond
+    #: it is answered 503 Service Unavailable with Retry-After and keeps no state (RFC 3261
+    #: §21.5.4); one of ours beyond it fails at once. One source address (IP and port) may hold
+    #: at most 1,000 server transactions.
+    max_transactions: int = 10000
 
     def __post_init__(self) -> None:
         _check_text("user_agent", self.user_agent)
@@ -321,6 +331,8 @@ class UaSettings:
         _check_range("t4", self.t4, 0.001, 600.0, unit=" seconds")
         _check_range("tcp_threshold", self.tcp_threshold, 200, 65535, unit=" bytes")
         _check_range("keepalive_interval", self.keepalive_interval, 0.0, unit=" seconds")
+        _check_range("max_calls", self.max_calls, 0)
+        _check_range("max_transactions", self.max_transactions, 1)
 
     def listen_addresses(self) -> tuple[tuple[str, int | None], ...]:
         """``listen`` as (bare IP, port or None for the transport's default) pairs."""
@@ -339,7 +351,7 @@ class Account:
     #: Digest user name (RFC 3261 §22.4); unset = the user part of uri.
     auth_username: str | None = field(default=None, metadata={"example": "alice"})
     #: Digest password; keep it out of shared files: set SIPUA_ACCOUNTS__ALICE__PASSWORD.
-    password: str | None = field(default=None, metadata={"example": "secret"})
+    password: str | None = field(default=None, repr=False, metadata={"example": "secret"})
     #: Display name in From and Contact ("Alice").
     display_name: str | None = field(default=None, metadata={"example": "Alice"})
     #: Registrar as "HOST[:PORT]"; unset = the domain of uri (RFC 3261 §10.2.6).
@@ -405,7 +417,7 @@ class TurnServer:
     #: Long-term credential user name.
     username: str = ""
     #: Long-term credential password.
-    password: str = ""
+    password: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         try:
@@ -432,6 +444,44 @@ class TurnServer:
     def secure(self) -> bool:
         """True for ``turns:`` (TLS or DTLS to the server)."""
         return _split_turn_uri(self.uri).secure
+
+
+@dataclass(frozen=True)
+class IceFaults:
+    """Fault injection on the STUN traffic with the peer, to see how its ICE copes."""
+
+    # Affected: checks, their responses, consent checks and keepalives to and from the peer,
+    # also when relayed through TURN. Never media, never STUN or TURN server traffic. Random
+    # choices use the call's random source (ice/faults.py).
+
+    #: Probability (0 to 1) of dropping a Binding request (check or consent check) from the peer.
+    drop_requests_in: float = 0.0
+    #: Probability (0 to 1) of dropping a Binding request of ours before it is sent.
+    drop_requests_out: float = 0.0
+    #: Probability (0 to 1) of dropping a response (success or error) from the peer.
+    drop_responses_in: float = 0.0
+    #: Probability (0 to 1) of dropping a response of ours before it is sent.
+    drop_responses_out: float = 0.0
+    #: Seconds after the checks start from which all STUN to and from the peer is dropped (a
+    #: path cut: consent is lost after consent_timeout, RFC 7675 §5.1); 0 never.
+    drop_after: float = 0.0
+    #: Seconds each STUN message to the peer is held back before it is sent.
+    delay: float = 0.0
+    #: As the controlling agent, never nominate (no USE-CANDIDATE): checks succeed but the peer
+    #: never completes.
+    withhold_nomination: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("drop_requests_in", "drop_requests_out", "drop_responses_in",
+                     "drop_responses_out"):
+            _check_range(name, getattr(self, name), 0.0, 1.0, unit=" (a probability)")
+        _check_range("drop_after", self.drop_after, 0.0, 86400.0, unit=" seconds")
+        _check_range("delay", self.delay, 0.0, 60.0, unit=" seconds")
+
+    @property
+    def active(self) -> bool:
+        """Some fault is configured."""
+        return self != IceFaults()
 
 
 @dataclass(frozen=True)
@@ -472,6 +522,21 @@ class IceConfig:
     #: Controlling agent sends an updated offer with the selected candidates once ICE completes
     #: (RFC 5245 §9.1.3), for middleboxes that only read m=/c= lines.
     send_updated_offer: bool = True
+    #: Role to start in: "auto" (the offerer's full agent is controlling, RFC 8445 §6.1.1),
+    #: "controlling" or "controlled" (forced, for testing a peer's role handling). Role-conflict
+    #: repair (RFC 8445 §7.3.1.1) may still switch it during the checks.
+    role: str = "auto"
+    #: Fixed 64-bit tie-breaker, 0 to 2^64-1, for ICE-CONTROLLING/ICE-CONTROLLED (RFC 8445
+    #: §7.1.3); unset = random per call. Fixing both sides' values decides role conflicts.
+    tie_breaker: int | None = field(default=None, metadata={"example": 1234567890})
+    #: Where RFC 8445 and RFC 5245 differ: "rfc8445" offers a=ice-options:ice2 (RFC 8445 §10,
+    #: RFC 8839 §5.6) and sends the updated offer only if send_updated_offer is true; "rfc5245"
+    #: offers no ice2 and always sends the updated offer (RFC 5245 §9.1.3). Both handle a
+    #: USE-CANDIDATE the same way (RFC 5245 §7.2.1.5 = RFC 8445 §7.3.1.5) and retransmit an
+    #: in-progress check at once on the peer's check; nomination mode and Ta are set apart.
+    compat: str = "rfc8445"
+    #: Fault injection for testing peers: the [ice.faults] table.
+    faults: IceFaults = field(default_factory=IceFaults)
 
     def __post_init__(self) -> None:
         for server in self.stun_servers:
@@ -493,6 +558,21 @@ class IceConfig:
                 raise SettingError("interfaces", f"expected interface names or addresses, got "
                                                  f"{_show(name)}")
         _check_unique("interfaces", self.interfaces)
+        _check_choice("role", self.role, ICE_ROLES)
+        _check_choice("compat", self.compat, ICE_COMPAT)
+        kinds = set(self.candidate_types)
+        if "host" not in kinds and not (
+                ("srflx" in kinds and self.stun_servers)
+                or ("relay" in kinds and self.turn_servers)):
+            need = " or ".join(
+                name for kind, name in (("srflx", "stun_servers"), ("relay", "turn_servers"))
+                if kind in kinds)
+            raise SettingError(("candidate_types", "stun_servers", "turn_servers"),
+                               f"without 'host', {_show(list(self.candidate_types))} needs a "
+                               f"server in ice.{need} to gather any candidate")
+        if self.tie_breaker is not None and not 0 <= self.tie_breaker <= 2**64 - 1:
+            raise SettingError("tie_breaker", f"expected an integer from 0 to 2^64-1 "
+                                              f"({2**64 - 1}), got {_show(self.tie_breaker)}")
 
     def stun_addresses(self) -> tuple[tuple[str, int], ...]:
         """``stun_servers`` as (host, port) pairs, port defaulted to 3478."""
@@ -502,6 +582,10 @@ class IceConfig:
             assert port is not None
             out.append((host, port))
         return tuple(out)
+
+
+#: Values of media.srtp (docs/security.md).
+SRTP_MODES = ("off", "optional", "mandatory")
 
 
 @dataclass(frozen=True)
@@ -523,6 +607,11 @@ class MediaConfig:
     symmetric_rtp_latching: bool = True
     #: Mean seconds between RTCP reports (RFC 3550 §6.2 recommends 5).
     rtcp_interval: float = 5.0
+    #: SRTP with SDES keys (RFC 4568): "off" offers plain RTP and refuses RTP/SAVP offers (488);
+    #: "optional" offers RTP/AVP with a=crypto (best effort, used when the answer has crypto) and
+    #: accepts SRTP offers; "mandatory" offers RTP/SAVP and refuses (488) offers, or ends calls
+    #: whose answers, without usable a=crypto. Table in docs/security.md.
+    srtp: str = "off"
 
     def __post_init__(self) -> None:
         known = default_registry().names()
@@ -542,6 +631,7 @@ class MediaConfig:
                                f"expected at least jitter_min_ms ({self.jitter_min_ms}), got "
                                f"{self.jitter_max_ms}")
         _check_range("rtcp_interval", self.rtcp_interval, 0.1, 3600.0, unit=" seconds")
+        _check_choice("srtp", self.srtp, SRTP_MODES)
 
 
 @dataclass(frozen=True)

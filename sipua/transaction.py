@@ -24,6 +24,7 @@ What the layer does beyond the four state machines of §17:
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 import random
 from collections import deque
@@ -71,6 +72,10 @@ Address = tuple[str, int]
 
 #: RFC 3261 §8.1.1.7: branches of RFC 3261 agents start with this.
 MAGIC_COOKIE = "z9hG4bK"
+
+#: Seconds between two warnings about requests refused for overload (a flood must not flood
+#: the log too); the count is in :attr:`LayerStats.overload_rejected`.
+_OVERLOAD_LOG_INTERVAL = 10.0
 
 _RELIABLE = frozenset({"tcp", "tls", "sctp", "tls-sctp", "ws", "wss"})
 
@@ -144,12 +149,30 @@ class TransactionSettings:
     detect_merged: bool = True
     #: Match requests without a z9hG4bK branch the RFC 2543 way (§17.2.3); off drops them.
     rfc2543_matching: bool = True
+    #: Live server transactions at most. A new request beyond it is answered 503 Service
+    #: Unavailable with Retry-After, statelessly, and opens no transaction (RFC 3261 §21.5.4):
+    #: a flood of valid-looking requests costs a parse and an answer, never memory.
+    max_server_transactions: int = 10000
+    #: Live server transactions opened by one source address (IP and port) at most; beyond it
+    #: that source gets the same 503. One flooding socket cannot take the whole table from
+    #: everyone else (a non-INVITE transaction lives 64*T1 = 32 s over UDP, §17.2.2).
+    max_server_transactions_per_source: int = 1000
+    #: Live client transactions at most; a request the TU sends beyond it fails at once with
+    #: :class:`TransportFailed` (the TU acts as on 503, §17.1.4) and opens no transaction.
+    max_client_transactions: int = 10000
+    #: Seconds in the Retry-After header of that 503 (RFC 3261 §20.33).
+    overload_retry_after: int = 5
 
     def __post_init__(self) -> None:
         if self.trying_delay is not None and self.trying_delay < 0:
             raise ValueError("trying_delay must not be negative")
         if self.tcp_threshold is not None and self.tcp_threshold < 1:
             raise ValueError("tcp_threshold must be positive")
+        if min(self.max_server_transactions, self.max_client_transactions,
+               self.max_server_transactions_per_source) < 1:
+            raise ValueError("transaction limits must be at least 1")
+        if self.overload_retry_after < 0:
+            raise ValueError("overload_retry_after must not be negative")
 
 
 class TxState(enum.Enum):
@@ -286,9 +309,32 @@ class LayerStats:
     merged_requests: int = 0
     #: Messages dropped because a header the layer needs could not be read.
     malformed: int = 0
+    #: New requests answered 503 statelessly: ``max_server_transactions`` were live (in all,
+    #: or from that source).
+    overload_rejected: int = 0
+    #: Requests of the TU failed at once: ``max_client_transactions`` were live.
+    overload_failed: int = 0
 
 
 # --- transactions -----------------------------------------------------------------------------
+
+class _Timers(dict[str, float]):
+    """A transaction's deadlines by timer name; each one set is pushed on the layer's heap too,
+    so that finding the next deadline costs O(log n), not a scan of every transaction (a flood
+    keeps thousands alive). Entries removed or replaced here go stale in the heap and are
+    skipped when they surface."""
+
+    __slots__ = ("_heap", "_tx_id")
+
+    def __init__(self, heap: list[tuple[float, str, str]], tx_id: str) -> None:
+        super().__init__()
+        self._heap = heap
+        self._tx_id = tx_id
+
+    def __setitem__(self, name: str, deadline: float) -> None:
+        super().__setitem__(name, deadline)
+        heapq.heappush(self._heap, (deadline, self._tx_id, name))
+
 
 class _Transaction:
     """What client and server transactions share: identity, state, timers."""
@@ -432,6 +478,11 @@ class TransactionLayer:
         self._transmits: list[SipTransmit] = []
         self._events: deque[TransactionEvent] = deque()
         self._serial = 0
+        #: (deadline, transaction id, timer name) of every timer set; stale ones skipped lazily.
+        self._heap: list[tuple[float, str, str]] = []
+        #: Live server transactions per source address.
+        self._per_source: dict[Address, int] = {}
+        self._overload_logged_at = float("-inf")
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -444,31 +495,40 @@ class TransactionLayer:
         """The oldest undelivered event, or None."""
         return self._events.popleft() if self._events else None
 
+    def _live(self, entry: tuple[float, str, str]) -> bool:
+        tx = self._by_id.get(entry[1])
+        return tx is not None and tx.timers.get(entry[2]) == entry[0]
+
     def next_timer(self) -> float | None:
         """The earliest deadline of any transaction timer, or None."""
-        deadlines = [d for tx in self._by_id.values() for d in tx.timers.values()]
-        return min(deadlines) if deadlines else None
+        heap = self._heap
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)
+        if len(heap) > 4 * len(self._by_id) + 1024:
+            # Timers cancelled early (B and F on a final response) linger until their deadline.
+            self._heap = [entry for entry in heap if self._live(entry)]
+            heapq.heapify(self._heap)
+            for tx in self._by_id.values():
+                if isinstance(tx.timers, _Timers):
+                    tx.timers._heap = self._heap
+            heap = self._heap
+        return heap[0][0] if heap else None
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``, in deadline order."""
-        for _ in range(10000):  # bounded: every firing either ends a timer or moves it later
-            due = sorted(
-                (deadline, tx.id, name)
-                for tx in self._by_id.values()
-                for name, deadline in tx.timers.items()
-                if deadline <= now
-            )
-            if not due:
+        for _ in range(1_000_000):  # bounded: every firing ends a timer or moves it later
+            heap = self._heap
+            if not heap or heap[0][0] > now:
                 return
-            for deadline, tx_id, name in due:
-                tx = self._by_id.get(tx_id)
-                if tx is None or tx.timers.get(name) != deadline:
-                    continue  # ended or rescheduled by an earlier firing
-                del tx.timers[name]
-                if isinstance(tx, ClientTransaction):
-                    self._client_timer(tx, name, now)
-                else:
-                    self._server_timer(tx, name, now)
+            deadline, tx_id, name = heapq.heappop(heap)
+            tx = self._by_id.get(tx_id)
+            if tx is None or tx.timers.get(name) != deadline:
+                continue  # ended or rescheduled by an earlier firing
+            del tx.timers[name]
+            if isinstance(tx, ClientTransaction):
+                self._client_timer(tx, name, now)
+            else:
+                self._server_timer(tx, name, now)
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -537,6 +597,8 @@ class TransactionLayer:
         """
         if request.method == "ACK":
             raise ValueError("ACK is not sent in a transaction: use send_stateless")
+        if len(self._clients) >= self.settings.max_client_transactions:
+            return self._refuse_client(request, dest, transport)
         if request.method == "CANCEL":
             invite = self._clients.get((self._client_branch(request), "INVITE"))
             tx = self._new_client(request, dest, transport)
@@ -661,6 +723,18 @@ class TransactionLayer:
     def _register(self, tx: ClientTransaction) -> None:
         self._clients[tx.key] = tx
         self._by_id[tx.id] = tx
+        if not isinstance(tx.timers, _Timers):
+            tx.timers = _Timers(self._heap, tx.id)
+
+    def _refuse_client(self, request: Request, dest: Address,
+                       transport: str) -> ClientTransaction:
+        """``max_client_transactions`` are live: fail the request at once, keep no state."""
+        tx = self._new_client(request, dest, transport)
+        tx.state = TxState.TERMINATED
+        self.stats.overload_failed += 1
+        log.warning("%s not sent: %d client transactions live", tx.id, len(self._clients))
+        self._events.append(TransportFailed(tx.id, "too many transactions", request))
+        return tx
 
     def _start_client(self, tx: ClientTransaction, now: float) -> None:
         """Send the request and start A/B (INVITE) or E/F (others)."""
@@ -834,6 +908,11 @@ class TransactionLayer:
         if tx is not None:
             self._retransmitted_request(tx)
             return
+        if (len(self._servers) >= self.settings.max_server_transactions
+                or self._per_source.get(source, 0)
+                >= self.settings.max_server_transactions_per_source):
+            self._refuse_server(request, source, transport, now)
+            return
         tx = self._new_server(request, key, source, transport)
         if tx.is_invite:
             self._set_state(tx, TxState.PROCEEDING, "INVITE received")
@@ -860,9 +939,26 @@ class TransactionLayer:
         tx = ServerTransaction(f"{request.method}/{branch}#{self._serial}", request, source,
                                transport, dest, fallback)
         tx.key = key
+        tx.timers = _Timers(self._heap, tx.id)
         self._servers[key] = tx
         self._by_id[tx.id] = tx
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         return tx
+
+    def _refuse_server(self, request: Request, source: Address, transport: str,
+                       now: float) -> None:
+        """RFC 3261 §21.5.4: 503 with Retry-After, sent without opening a transaction (a
+        retransmission of the request gets another one)."""
+        self.stats.overload_rejected += 1
+        if now >= self._overload_logged_at + _OVERLOAD_LOG_INTERVAL:
+            self._overload_logged_at = now
+            log.warning("%d server transactions live (%d from %s): answering 503 (%d so far)",
+                        len(self._servers), self._per_source.get(source, 0), source,
+                        self.stats.overload_rejected)
+        response = make_response(request, 503, to_tag=new_tag(self._rng))
+        response.headers.add("Retry-After", str(self.settings.overload_retry_after))
+        dest, fallback = response_destination(request.vias[0], source, transport)
+        self._transmits.append(SipTransmit(response.encode(), dest, transport, None, fallback))
 
     def _reject_merged(self, tx: ServerTransaction, now: float) -> bool:
         """§8.2.2.2: same From tag, Call-ID and CSeq as a live transaction, other branch: 482."""
@@ -989,6 +1085,11 @@ class TransactionLayer:
             return
         if self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
+            left = self._per_source.get(tx.source, 1) - 1
+            if left > 0:
+                self._per_source[tx.source] = left
+            else:
+                self._per_source.pop(tx.source, None)
         if tx.merged_key is not None and self._merged.get(tx.merged_key) is tx:
             del self._merged[tx.merged_key]
         if tx.dialog_key is not None and self._accepted.get(tx.dialog_key) is tx:

@@ -159,6 +159,8 @@ class TransportStats:
     connections_opened: int = 0
     #: Inbound connections accepted.
     connections_accepted: int = 0
+    #: Received messages whose handling raised unexpectedly: logged with a traceback, dropped.
+    internal_errors: int = 0
 
 
 def _describe(reason: Failure) -> str:
@@ -214,6 +216,14 @@ class _Flow(Protocol):
         self.handshake_done = True
 
     def dataReceived(self, data: bytes) -> None:
+        try:
+            self._data_received(data)
+        except Exception:  # never into the reactor; the stream is out of step: close it
+            self.owner._internal_error(self.remote, self.name)
+            if self.transport is not None:
+                self._link().loseConnection()
+
+    def _data_received(self, data: bytes) -> None:
         parser = self.parser
         pings, pongs = parser.pings, parser.pongs
         awaiting_pong = self._pong_call is not None and self._pong_call.active()
@@ -413,6 +423,10 @@ class SipTransport:
 
     def stop(self) -> defer.Deferred[None]:
         """Stop listening, close every connection and the timers; fires when all are closed."""
+        # What the layer queued in this very turn goes out first: e.g. the 200 OK to the BYE
+        # whose arrival ended the last call and led to this stop().
+        for transmit in self.layer.pop_transmits():
+            self._send(transmit)
         self.driver.stop()
         self.layer.close()
         waits: list[defer.Deferred[Any]] = []
@@ -445,7 +459,9 @@ class SipTransport:
         t = transport.lower()
         port_obj = {"udp": self._udp, "tcp": self._tcp, "tls": self._tls}.get(t)
         if port_obj is None and t == "tls":
-            port_obj = self._tcp  # a TLS client that does not listen: responses come on the flow
+            # A TLS client that does not listen: responses and the proxy's requests come on the
+            # flow it opened (§18.2.2), so any port of ours will do in Via and Contact.
+            port_obj = self._tcp or self._udp
         if port_obj is None:
             raise ValueError(f"not listening on {transport}")
         host = self.settings.advertised_host or self.settings.host
@@ -591,6 +607,17 @@ class SipTransport:
     # --- receiving ------------------------------------------------------------------------------
 
     def _datagram(self, data: bytes, source: Address) -> None:
+        try:
+            self._datagram_received(data, source)
+        except Exception:  # never into the reactor: log, count, drop the datagram
+            self._internal_error(source, "udp")
+
+    def _internal_error(self, source: Address, transport: str) -> None:
+        """The last resort of a receive path: a bug, not the peer's fault, so a traceback."""
+        self.stats.internal_errors += 1
+        log.exception("internal error on a %s message from %s", transport, source)
+
+    def _datagram_received(self, data: bytes, source: Address) -> None:
         if not data.strip(b"\r\n\x00"):
             return  # a keepalive on UDP: nothing to answer (RFC 5626 uses STUN there)
         if self.taps:

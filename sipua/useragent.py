@@ -20,11 +20,12 @@ sessions over it, the registration client and the pacing clock shared by every c
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -131,11 +132,14 @@ class UserAgent:
                 advertised_host=advertised, keepalive_interval=ua.keepalive_interval,
                 transaction=TransactionSettings(
                     timers=TimerSettings(t1=ua.t1, t2=max(ua.t2, ua.t1), t4=ua.t4),
-                    tcp_threshold=ua.tcp_threshold if ua.tcp_threshold < 65535 else None))
+                    tcp_threshold=ua.tcp_threshold if ua.tcp_threshold < 65535 else None,
+                    max_server_transactions=ua.max_transactions,
+                    max_client_transactions=ua.max_transactions))
             self.transport = SipTransport(tsettings, reactor=self.reactor, rng=self.rng,
                                           on_event=self._on_sip_event)
             self._sessions = SessionManager(self.transport.layer, self.rng,
-                                            SessionSettings(user_agent=ua.user_agent))
+                                            SessionSettings(user_agent=ua.user_agent,
+                                                            max_sessions=ua.max_calls))
             self.transport.start()
             for t in ua.transports:
                 self._sessions.set_local_address(t, self.transport.local_address(t))
@@ -242,9 +246,7 @@ class UserAgent:
                                                              account.password), self.rng)
             opts = options or CallOptions()
             if nomination is not None:
-                opts = CallOptions(nomination=nomination, ice=opts.ice, rtcp_mux=opts.rtcp_mux,
-                                   updated_offer=opts.updated_offer,
-                                   updated_offer_method=opts.updated_offer_method)
+                opts = dataclasses.replace(opts, nomination=nomination)  # every other option kept
             call = Call(self, direction="outgoing", source=source, sink=sink, options=opts,
                         account_nomination=account.nomination if account else None)
             local = self.aor if account is None or account.display_name is None else \
@@ -330,6 +332,8 @@ class UserAgent:
         """Move a finished call out of the live table."""
         if self.calls.pop(call.id, None) is not None:
             self.finished.append(call)
+            if len(self.finished) > MAX_FINISHED_CALLS:
+                del self.finished[:len(self.finished) - MAX_FINISHED_CALLS]
         if call in self._incoming:
             self._incoming.remove(call)
 
@@ -421,12 +425,12 @@ class CommandOptions:
 
     listen: str
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     registrar: str | None = None
     stun: str | None = None
     turn: str | None = None
     turn_user: str | None = None
-    turn_password: str | None = None
+    turn_password: str | None = field(default=None, repr=False)
     nomination: str | None = None
     play: str | None = None
     record: str | None = None
@@ -442,7 +446,6 @@ class CommandOptions:
 def command_settings(opts: CommandOptions, base: Settings | None = None) -> Settings:
     """Settings from the configuration (``base``, else file < environment) with the command
     line on top."""
-    import dataclasses
 
     from sipua.errors import UserError
     from sipua.settings import SettingError, TurnServer
@@ -678,6 +681,10 @@ def run_answer_command(opts: CommandOptions, *, max_calls: int, delay: float, co
     _react(task, go)
     return outcome[0] if outcome else (0, "interrupted")
 
+
+#: Ended calls kept for their reports (:attr:`UserAgent.finished`), newest last: a long run or
+#: a flood of short calls must not grow memory without bound.
+MAX_FINISHED_CALLS = 1000
 
 #: How long an interrupted command may take to hang up, report and unregister.
 SHUTDOWN_GRACE = 5.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,15 +124,27 @@ class Lab:
         udp_timeout: int | None = None,
         overlap: bool = False,
         servers: bool = True,
+        reorder_pct: float = 0,
+        duplicate_pct: float = 0,
+        turn_lifetime: int | None = None,
     ) -> Lab:
-        """Build a lab; on any failure, remove what was built and raise."""
+        """Build a lab; on any failure, remove what was built and raise.
+
+        ``reorder_pct``/``duplicate_pct``: share of crossing packets held back (so later ones
+        overtake them) or sent twice, by the delayer. ``turn_lifetime``: the longest TURN
+        allocation lifetime coturn grants (seconds), to see refreshes within a test."""
         topology.validate_name(name)
         the_plan = topology.plan(topology_name, overlap=overlap)
         if delay_ms < 0 or jitter_ms < 0 or not 0 <= loss_pct <= 100:
             raise UserError("delay and jitter must be >= 0 ms, loss between 0 and 100 %")
+        if not (0 <= reorder_pct <= 100 and 0 <= duplicate_pct <= 100):
+            raise UserError("reorder and duplicate must be between 0 and 100 %")
         if udp_timeout is not None and udp_timeout < 1:
             raise UserError("--udp-timeout must be at least 1 second")
-        check_environment(delay=bool(delay_ms or jitter_ms), servers=servers)
+        if turn_lifetime is not None and turn_lifetime < 1:
+            raise UserError("--turn-lifetime must be at least 1 second")
+        check_environment(delay=bool(delay_ms or jitter_ms or reorder_pct or duplicate_pct),
+                          servers=servers)
         state_dir = _state_dir(name)
         STATE_ROOT.mkdir(parents=True, exist_ok=True)
         leftovers = [ns for ns in _namespaces(name) if netns.exists(ns)]
@@ -153,6 +166,8 @@ class Lab:
             "options": {
                 "delay_ms": delay_ms, "jitter_ms": jitter_ms, "loss_pct": loss_pct,
                 "udp_timeout": udp_timeout, "overlap": overlap, "servers": servers,
+                "reorder_pct": reorder_pct, "duplicate_pct": duplicate_pct,
+                "turn_lifetime": turn_lifetime,
             },
             "complete": False,
         }
@@ -250,6 +265,7 @@ class Lab:
             "routers": self._state.get("routers", {}),
             "servers": srv,
             "processes": procs,
+            "links_down": self.links_down,
             "namespaces": [ns for ns in _namespaces(self.name) if netns.exists(ns)],
         }
 
@@ -308,7 +324,8 @@ class Lab:
                              f"peer name {peer} netns {ns_of[r.key]}")
         netns.ip_batch(links, what="creating links")
 
-        impaired = bool(opts["loss_pct"] or opts["delay_ms"] or opts["jitter_ms"])
+        delayer = _needs_delayer(opts)
+        impaired = bool(opts["loss_pct"]) or delayer
         no_v6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
         inet_ports = [f"v-{h.name}" for h in the_plan.hosts.values() if h.router is None]
         inet_ports += [f"v-{r.key}" for r in the_plan.routers.values()]
@@ -358,17 +375,88 @@ class Lab:
             netns.ip_batch(cmds, ns=ns, what=f"router {r.key}")
             netns.nft_load(ns, nat.router_ruleset(r, udp_timeout=timeout))
 
-        if opts["delay_ms"] or opts["jitter_ms"]:
+        if delayer:
             servers.start_delayer(inet, opts["delay_ms"], opts["jitter_ms"], nat.DELAY_QUEUE,
-                                  self.state_dir)
-        for rule in nat.impairment_rules(
-            loss_pct=opts["loss_pct"], delay=bool(opts["delay_ms"] or opts["jitter_ms"])
-        ):
+                                  self.state_dir, reorder_pct=opts.get("reorder_pct", 0),
+                                  duplicate_pct=opts.get("duplicate_pct", 0))
+        for rule in nat.impairment_rules(loss_pct=opts["loss_pct"], delay=delayer):
             netns.run(netns.ns_argv(inet, rule), what="impairment rule")
         if opts["servers"]:
-            server_ns = ns_of["server"]
-            servers.start_turnserver(server_ns, SERVER_ADDRESS, STUN_PORT, self.state_dir)
-            servers.start_kamailio(server_ns, SERVER_ADDRESS, SIP_PORT, self.state_dir)
+            self._start_server("turnserver")
+            self._start_server("kamailio")
+
+    def _start_server(self, name: str) -> servers.Started:
+        server_ns = self.namespace("server")
+        if name == "turnserver":
+            return servers.start_turnserver(server_ns, SERVER_ADDRESS, STUN_PORT, self.state_dir,
+                                            max_lifetime=self.options.get("turn_lifetime"))
+        return servers.start_kamailio(server_ns, SERVER_ADDRESS, SIP_PORT, self.state_dir)
+
+    # ------------------------------------------------------------------ faults
+
+    def link(self, host: str, up: bool) -> None:
+        """Cut (``up=False``) or restore ``host``'s uplink (``a`` or ``b``; ``server`` too).
+
+        Packets to and from the host vanish in its NAT router (or, for a public host, at its
+        port of the internet bridge), as if the cable were pulled: the host's own interface
+        stays up, its sockets see no error, NAT bindings and conntrack entries stay (they may
+        expire meanwhile, as they would). Idempotent."""
+        info = self.hosts.get(host)
+        if info is None:
+            raise UserError(f"lab {self.name!r} has no host {host!r} (hosts: "
+                            f"{', '.join(sorted(self.hosts))})")
+        if info.router is not None:
+            router = self._state["routers"][info.router.removeprefix(f"{self.name}-")]
+            ns = info.router
+            port = f"l{host}" if router["hairpin"] else None
+            address: str | None = info.address
+        else:
+            ns, port, address = f"{self.name}-inet", f"v-{host}", None
+        table = nat.LINK_TABLE.format(host=host)
+        for family in ("ip", "bridge"):
+            # Remove a cut of either family (missing tables are fine: idempotent).
+            subprocess.run(netns.ns_argv(ns, ["nft", "delete", "table", family, table]),
+                           capture_output=True, check=False)
+        if not up:
+            netns.nft_load(ns, nat.link_cut_ruleset(host, address=address, bridge_port=port))
+        cut = set(self._state.get("links_down", []))
+        if up:
+            cut.discard(host)
+        else:
+            cut.add(host)
+        self._state["links_down"] = sorted(cut)
+        self._save()
+
+    @property
+    def links_down(self) -> list[str]:
+        """Hosts whose uplink :meth:`link` cut."""
+        return list(self._state.get("links_down", []))
+
+    def restart_server(self, name: str) -> int:
+        """Stop ``kamailio`` or ``coturn`` (by its recorded PID) and start it again with the
+        same options; returns the new PID. Its memory is lost: Kamailio forgets every
+        registration, coturn every allocation."""
+        key = {"coturn": "turnserver", "turnserver": "turnserver", "kamailio": "kamailio"}.get(
+            name)
+        if key is None:
+            raise UserError(f"unknown server {name!r} (kamailio or coturn)")
+        if not self.options.get("servers"):
+            raise UserError(f"lab {self.name!r} runs no servers")
+        servers.stop(self.state_dir, key)
+        return self._start_server(key).pid
+
+    def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (default SIGKILL: a crash) to ``pid``, a process running in one of this
+        lab's namespaces; refuses any other process."""
+        if not any(netns.pid_netns_is(pid, ns) for ns in _namespaces(self.name)):
+            raise UserError(f"process {pid} does not run in lab {self.name!r}")
+        os.kill(pid, sig)
+
+
+def _needs_delayer(opts: dict[str, Any]) -> bool:
+    """Whether the options need the NFQUEUE delayer (delay, jitter, reordering, duplication)."""
+    return bool(opts["delay_ms"] or opts["jitter_ms"] or opts.get("reorder_pct")
+                or opts.get("duplicate_pct"))
 
 
 def check_environment(*, delay: bool = False, servers: bool = False) -> None:
@@ -383,7 +471,7 @@ def check_environment(*, delay: bool = False, servers: bool = False) -> None:
             import netfilterqueue  # noqa: F401
         except ImportError:
             raise EnvironmentProblem(
-                "--delay/--jitter need the NetfilterQueue package "
+                "--delay/--jitter/--reorder/--duplicate need the NetfilterQueue package "
                 "(apt-get install libnetfilter-queue-dev build-essential; "
                 "pip install NetfilterQueue)"
             ) from None

@@ -101,12 +101,15 @@ def router_ruleset(router: Router, *, udp_timeout: int | None = None) -> str:
 
 
 def impairment_rules(*, loss_pct: float = 0.0, delay: bool = False) -> list[list[str]]:
-    """iptables commands for loss and delay on the simulated internet, once per crossing packet.
+    """iptables commands for loss and the delayer on the simulated internet, once per crossing
+    packet and direction.
 
     Bridged IPv4 packets traverse the internet namespace's FORWARD hook (bridge netfilter is on
-    there). The ``statistic`` match drops the asked share; the rest is queued to the delayer
-    (``NFQUEUE``: this kernel has no netem and no nftables ``queue`` expression);
-    ``--queue-bypass`` lets packets pass undelayed rather than vanish if the delayer is gone.
+    there). The ``statistic`` match drops the asked share, independently for each packet, so a
+    request and its answer each survive with ``1 - loss``; the rest is queued to the delayer
+    (``delay``: it delays, reorders or duplicates; ``NFQUEUE`` because this kernel has no netem
+    and no nftables ``queue`` expression); ``--queue-bypass`` lets packets pass untouched rather
+    than vanish if the delayer is gone.
     """
     base = ["iptables", "-w", "-t", "mangle", "-A", "FORWARD"]
     rules = []
@@ -117,3 +120,37 @@ def impairment_rules(*, loss_pct: float = 0.0, delay: bool = False) -> list[list
     if delay:
         rules.append([*base, "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE), "--queue-bypass"])
     return rules
+
+
+#: Table of a link cut (one per cut host, in its router's or the internet's namespace).
+LINK_TABLE = "sipua_link_{host}"
+
+
+def link_cut_ruleset(host: str, *, address: str | None, bridge_port: str | None) -> str:
+    """nftables tables that cut ``host`` off, silently, as if its cable were pulled.
+
+    ``address``: the host's address, for a NAT router that routes its traffic: every forwarded
+    packet from or to it is dropped (in the forward hook, after the reply's DNAT and before
+    SNAT, so the private address is what is seen). ``bridge_port``: the host's port on a bridge
+    (the internet bridge for a public host, the hairpin router's LAN bridge): every frame in or
+    out of that port is dropped, the bridge's own included. Nothing reaches the host's
+    sockets as an error: the packets just vanish, and conntrack and NAT state stay.
+    """
+    table = LINK_TABLE.format(host=host)
+    out = []
+    if address is not None:
+        out.append(
+            f"table ip {table} {{\n  chain forward {{\n"
+            "    type filter hook forward priority -10; policy accept;\n"
+            f"    ip saddr {address} drop\n    ip daddr {address} drop\n  }}\n}}\n"
+        )
+    if bridge_port is not None:
+        port = f'"{bridge_port}"'
+        chains = [("prerouting", f"iifname {port} drop"), ("forward", f"oifname {port} drop"),
+                  ("output", f"oifname {port} drop")]
+        body = "".join(
+            f"  chain {hook} {{\n    type filter hook {hook} priority -10; policy accept;\n"
+            f"    {rule}\n  }}\n" for hook, rule in chains
+        )
+        out.append(f"table bridge {table} {{\n{body}}}\n")
+    return "".join(out)

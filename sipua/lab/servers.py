@@ -129,8 +129,12 @@ def wait_log_line(started: Started, text: str, *, timeout: float = 10.0) -> None
     raise EnvironmentProblem(f"{started.name} was not ready in {timeout}s (log: {started.log})")
 
 
-def start_turnserver(ns: str, address: str, port: int, state_dir: Path) -> Started:
-    """coturn: STUN and TURN with long-term credentials (config/lab/turnserver.conf)."""
+def start_turnserver(ns: str, address: str, port: int, state_dir: Path, *,
+                     max_lifetime: int | None = None) -> Started:
+    """coturn: STUN and TURN with long-term credentials (config/lab/turnserver.conf).
+
+    ``max_lifetime``: the longest allocation lifetime granted, in seconds (coturn's
+    ``--max-allocate-lifetime``): a short one makes clients refresh within a test's time."""
     exe = netns.require_tool("turnserver", "coturn")
     argv = [
         exe, "-c", str(CONFIG_DIR / "turnserver.conf"),
@@ -139,6 +143,8 @@ def start_turnserver(ns: str, address: str, port: int, state_dir: Path) -> Start
         "--pidfile", str(state_dir / "turnserver.pidfile"),
         "--userdb", str(state_dir / "turndb"),
     ]
+    if max_lifetime is not None:
+        argv.append(f"--max-allocate-lifetime={max_lifetime}")
     started = spawn("turnserver", ns, argv, state_dir)
     wait_listening(started, address, port)
     return started
@@ -163,13 +169,30 @@ def start_kamailio(ns: str, address: str, port: int, state_dir: Path) -> Started
 
 
 def start_delayer(
-    ns: str, delay_ms: float, jitter_ms: float, queue: int, state_dir: Path
+    ns: str, delay_ms: float, jitter_ms: float, queue: int, state_dir: Path, *,
+    reorder_pct: float = 0.0, duplicate_pct: float = 0.0,
 ) -> Started:
-    """The NFQUEUE delayer in the internet namespace (see :mod:`sipua.lab.delayer`)."""
+    """The NFQUEUE delayer in the internet namespace (see :mod:`sipua.lab.delayer`): delay,
+    jitter, reordering and duplication."""
     argv = [
         sys.executable, "-m", "sipua.lab.delayer", "--queue", str(queue),
         "--delay", str(delay_ms), "--jitter", str(jitter_ms),
+        "--reorder", str(reorder_pct), "--duplicate", str(duplicate_pct),
     ]
     started = spawn("delayer", ns, argv, state_dir)
     wait_log_line(started, "ready")
     return started
+
+
+def stop(state_dir: Path, name: str, *, grace: float = 3.0) -> bool:
+    """End the recorded process ``name`` (SIGTERM, then SIGKILL after ``grace`` seconds) if it
+    still lives in its namespace, and forget its PID. Returns whether it was running."""
+    recorded = read_pid_files(state_dir).get(name)
+    if recorded is None:
+        return False
+    pid, ns = recorded
+    running = netns.pid_netns_is(pid, ns) and netns.alive(pid)
+    if running:
+        netns.terminate([pid], grace=grace)
+    pid_file(state_dir, name).unlink(missing_ok=True)
+    return running

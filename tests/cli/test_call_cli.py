@@ -100,3 +100,19 @@ def test_call_usage_errors_exit_2(tmp_path: Path) -> None:
                               text=True, timeout=30, env=_env(tmp_path), check=False)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_ice_knob_flags_reject_bad_values(tmp_path: Path) -> None:
+    """Bad ICE knob values on `sipua call` and `sipua answer` exit 2 with a message naming the
+    flag or the key, without a traceback and before any call is placed."""
+    cases = [
+        (["call", "sip:bob@127.0.0.1:9", "--ice-role", "bogus"], "--ice-role"),
+        (["answer", "--listen", "127.0.0.1:0", "--drop-requests", "1.5"], "--drop-requests"),
+        (["call", "sip:bob@127.0.0.1:9", "--candidates", "relay"], "ice.candidate_types"),
+        (["answer", "--listen", "127.0.0.1:0", "--ta", "0.001"], "ice.ta"),
+    ]
+    for args, named in cases:
+        proc = subprocess.run([sys.executable, "-m", "sipua", *args], capture_output=True,
+                              text=True, timeout=30, env=_env(tmp_path), check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

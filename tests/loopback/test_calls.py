@@ -195,6 +195,27 @@ async def test_stop_right_after_hangup_still_delivers_a_lost_bye() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_stop_in_the_turn_a_bye_arrives_still_answers_it() -> None:
+    """The callee hangs up; the caller stops as soon as its call has ended, in the same reactor
+    turn as the BYE's arrival: the 200 OK to the BYE still goes out, so the callee's BYE
+    transaction completes instead of retransmitting into a closed port."""
+    alice, bob = await pair()
+    try:
+        call, other, _, _ = await connected(alice, bob)
+        await other.hangup()
+        await call.ended()
+        await alice.stop()
+        assert bob.transport is not None
+        for _ in range(50):
+            if not bob.transport.layer.awaiting_final():
+                break
+            await sleep(0.01)
+        assert bob.transport.layer.awaiting_final() == []
+    finally:
+        await stop(bob)
+
+
+@pytest_twisted.ensureDeferred
 async def test_hold_and_resume_by_reinvite() -> None:
     """Hold: sendonly offer, recvonly answer, neither side sends; resume: tones again."""
     alice, bob = await pair()

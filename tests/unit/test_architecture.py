@@ -21,7 +21,7 @@ NOT_CORES = {
     "media.audio", "media.stream", "media.clock",
     "sipua.cli", "sipua.__main__", "sipua.transport", "sipua.useragent", "sipua.resolver",
     "sipua.demo", "sipua.pytest_plugin", "sipua.settings", "sipua.config", "sipua.pcap",
-    "sipua.account", "sipua.registrar_server", "sipua.call", "sipua.phone",
+    "sipua.account", "sipua.registrar_server", "sipua.call", "sipua.phone", "sipua.probe",
 }
 NOT_CORE_PACKAGES = ("sipua.lab",)
 

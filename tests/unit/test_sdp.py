@@ -85,6 +85,19 @@ def test_baresip_offer_reads_session_level_ice_and_both_components() -> None:
     assert not has_ice_mismatch(media)
 
 
+@pytest.mark.parametrize(("ufrag", "pwd"), [("200e2443", "0123456789012345678901"),
+                                            ("1e999", "00000000000000000000001")])
+def test_numeric_looking_credentials_are_read_as_written(ufrag: str, pwd: str) -> None:
+    """A ufrag or pwd that looks like a number (linphone's ``200e2443``) is kept verbatim, at
+    session and at media level: a float conversion would put the wrong USERNAME in checks."""
+    session_level = BARESIP.replace("qLnQ", ufrag).replace("k0cX5QdDq5rCZ9gKf6jD3b", pwd)
+    media = parse_sdp(session_level).audio
+    assert media.ice is not None and (media.ice.ufrag, media.ice.pwd) == (ufrag, pwd)
+    media_level = BROWSER.replace("EsAw", ufrag).replace("P2uYro0UCOQ4zxjKXaWCBui1", pwd)
+    media = parse_sdp(media_level).audio
+    assert media.ice is not None and (media.ice.ufrag, media.ice.pwd) == (ufrag, pwd)
+
+
 def test_browser_offer_keeps_foundation_spelling_and_ignores_unusable_lines() -> None:
     """A numeric foundation keeps its leading zero; extensions kept; a broken line skipped."""
     media = parse_sdp(BROWSER).audio

@@ -453,7 +453,7 @@ def test_defaults_file_loads_to_defaults() -> None:
     text = render_defaults()
     for cls in SECTIONS:
         for f in dataclasses.fields(cls):
-            shown = (f"{f.name} = ", f"[{f.name}]", f".{f.name}]]")
+            shown = (f"{f.name} = ", f"[{f.name}]", f".{f.name}]")
             assert any(form in text for form in shown), f.name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -516,3 +517,115 @@ def test_close_before_allocation() -> None:
     assert client.pop_transmits() == []
     assert events(client) == [AllocationReleased()]
     assert client.next_timer() is None
+
+
+# --- refreshes over a long call (fault survival) -------------------------------------------
+
+def _serve(client: TurnClient, until: float, *, granted: int = 600, rtt: float = 0.05,
+           drop_first: int = 0, ignore: frozenset[int] = frozenset(),
+           ) -> tuple[dict[int, list[float]], list[tuple[float, int]], list[TurnEvent]]:
+    """Run the client on a fake clock until ``until`` against a server that answers every
+    request ``rtt`` after its ``drop_first + 1``-th transmission (earlier ones are lost) and
+    never answers methods in ``ignore``. Returns the success times per method, every
+    transmission (time, method) and every event."""
+    answered: dict[int, list[float]] = {}
+    transmissions: list[tuple[float, int]] = []
+    seen: dict[bytes, int] = {}
+    due: list[tuple[float, Message]] = []
+    out: list[TurnEvent] = []
+    now = 0.0
+    while now < until:
+        for message in sent(client):
+            transmissions.append((now, message.method))
+            seen[message.transaction_id] = seen.get(message.transaction_id, 0) + 1
+            if message.method not in ignore and seen[message.transaction_id] > drop_first:
+                due.append((now + rtt, message))
+        out += events(client)
+        deadlines = [t for t, _ in due]
+        timer = client.next_timer()
+        if timer is not None:
+            deadlines.append(timer)
+        if not deadlines:
+            break
+        now = min(deadlines)
+        for at, message in [d for d in due if d[0] <= now]:
+            due.remove((at, message))
+            attrs: dict[int, Any] = (
+                {Attr.LIFETIME: granted} if message.method == Method.REFRESH else {})
+            answer(client, message, now, attrs)
+            answered.setdefault(message.method, []).append(now)
+        client.handle_timer(now)
+    out += events(client)
+    return answered, transmissions, out
+
+
+def _gaps(times: list[float], start: float) -> list[float]:
+    """Intervals between successive times, the first from ``start``."""
+    points = [start, *times]
+    return [b - a for a, b in itertools.pairwise(points)]
+
+
+def test_an_hour_with_a_permission_and_a_channel_never_lapses() -> None:
+    """RFC 8656 §7.3, §9, §12: over an hour of fake time with a server that answers everything,
+    the allocation (600 s) is refreshed before each expiry, the permission (300 s) at least
+    every 300 s, the channel binding (600 s) before it lapses; no failure, still allocated."""
+    client = allocated(0.0)
+    client.bind_channel(PEER, 1.0)
+    answer(client, only(client), 1.0, {})
+    events(client)
+    answered, _, out = _serve(client, 3600.0)
+    assert not [e for e in out if isinstance(e, AllocationFailed | PermissionFailed)], out
+    assert state_of(client) is TurnState.ALLOCATED
+    assert client.expires_at is not None and client.expires_at > 3600.0
+    assert len(answered[Method.REFRESH]) >= 6
+    assert max(_gaps(answered[Method.REFRESH], 0.0)) < 600
+    # The ChannelBind refreshes the permission too; together they come well within 300 s.
+    permission = sorted(answered.get(Method.CREATE_PERMISSION, []) + answered[Method.CHANNEL_BIND])
+    assert max(_gaps(permission, 1.0)) < 300
+    assert max(_gaps(answered[Method.CHANNEL_BIND], 1.0)) < 600
+    assert client.channel_for(PEER) == 0x4000 and client.has_permission(PEER[0])
+
+
+def test_refreshes_survive_lost_transmissions() -> None:
+    """The first three transmissions of every request lost (a lossy path): the retransmissions
+    (RFC 8489 §6.2.1) still get every refresh through before the permission's 300 s and the
+    allocation's lifetime run out."""
+    client = allocated(0.0)
+    client.create_permission(PEER[0], 0.0)
+    answer(client, only(client), 0.0, {})
+    events(client)
+    answered, transmissions, out = _serve(client, 1800.0, drop_first=3)
+    assert not [e for e in out if isinstance(e, AllocationFailed | PermissionFailed)], out
+    assert max(_gaps(answered[Method.CREATE_PERMISSION], 0.0)) < 300
+    assert max(_gaps(answered[Method.REFRESH], 0.0)) < 600
+    # Each answered request took four transmissions.
+    refreshes = [t for t, m in transmissions if m == Method.REFRESH]
+    assert len(refreshes) == 4 * len(answered[Method.REFRESH])
+
+
+def test_short_lifetime_is_refreshed_half_way_every_time() -> None:
+    """A server granting 20 s (the lab's coturn with --turn-lifetime 20): a Refresh every
+    10 s, each answered long before the allocation would lapse."""
+    client = allocated(0.0, lifetime=20)
+    answered, _, out = _serve(client, 120.0, granted=20)
+    refreshed = [e for e in out if isinstance(e, AllocationRefreshed)]
+    assert refreshed == [AllocationRefreshed(20)] * 11
+    assert _gaps(answered[Method.REFRESH], 0.0) == pytest.approx([10.05] * 11)
+    assert state_of(client) is TurnState.ALLOCATED
+
+
+def test_unanswered_permission_refresh_gives_up_before_expiry() -> None:
+    """A CreatePermission refresh that the server never answers: every transmission goes out
+    between 240 s and 300 s after the permission was installed (before it lapses, RFC 8656
+    §9), and the client reports PermissionFailed before 300 s instead of believing in a
+    permission the server has dropped."""
+    client = allocated(0.0)
+    client.create_permission(PEER[0], 10.0)
+    answer(client, only(client), 10.0, {})
+    events(client)
+    _, transmissions, out = _serve(client, 400.0, ignore=frozenset({Method.CREATE_PERMISSION}))
+    attempts = [t for t, m in transmissions if m == Method.CREATE_PERMISSION]
+    assert attempts and all(250.0 <= t < 310.0 for t in attempts), attempts
+    assert out.count(PermissionFailed(PEER[0], None, "timeout")) == 1
+    assert not client.has_permission(PEER[0])
+    assert state_of(client) is TurnState.ALLOCATED
