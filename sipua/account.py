@@ -167,16 +167,16 @@ class RegistrationClient:
         done: defer.Deferred[Any] = defer.DeferredList(waits, consumeErrors=True)
 
         def halt(_: object) -> None:
-            for account in self._accounts.values():
-                if account.driver is not None:
-                    account.driver.stop()
+            self.close()
         return done.addCallback(halt)
 
     def close(self) -> None:
-        """Stop every refresh and retry timer without unregistering."""
+        """Stop every refresh and retry timer (and the resolver's) without unregistering."""
         for account in self._accounts.values():
             if account.driver is not None:
                 account.driver.stop()
+        if self._resolver is not None:
+            self._resolver.close()
 
     # --- internals ------------------------------------------------------------------------------
 

@@ -95,6 +95,21 @@ class SipResolver:
 
     # --- public -------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Cancel the timers twisted.names keeps: the name-server client re-reads
+        /etc/resolv.conf every 60 s and the cache expires answers; a stopped agent must leave
+        no timer behind."""
+        for part in getattr(self._dns, "resolvers", [self._dns]):
+            parse = getattr(part, "_parseCall", None)
+            if parse is not None and parse.active():
+                parse.cancel()
+            pending = getattr(part, "cancel", None)
+            if isinstance(pending, dict):
+                for call in list(pending.values()):
+                    if call.active():
+                        call.cancel()
+                pending.clear()
+
     def resolve(self, uri: SipUri) -> defer.Deferred[list[Target]]:
         """Ordered targets for ``uri`` (RFC 3263 §4); fails with :class:`ResolveError`."""
         return defer.Deferred.fromCoroutine(self._resolve_uri(uri))

@@ -26,7 +26,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -44,6 +44,9 @@ from sipua.timers import TimerSettings
 from sipua.transaction import TransactionSettings
 from sipua.transport import PublicAddressLearned, SipTransport, TransportSettings
 from sipua.uri import parse_uri
+
+if TYPE_CHECKING:
+    from sipua.resolver import SipResolver
 
 __all__ = ["AutoAnswer", "UserAgent"]
 
@@ -106,6 +109,7 @@ class UserAgent:
         self._incoming: list[Call] = []
         self._incoming_waiters: list[Deferred[Call]] = []
         self._dispatching = False
+        self._resolver: SipResolver | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     @property
@@ -166,6 +170,8 @@ class UserAgent:
             for waiter in self._incoming_waiters:
                 waiter.errback(CallError("the user agent stopped"))
             self._incoming_waiters.clear()
+            if self._resolver is not None:
+                self._resolver.close()
             if self.transport is not None:
                 await self.transport.settle(BYE_GRACE)
                 await self.transport.stop()
@@ -270,7 +276,9 @@ class UserAgent:
     async def _resolve(self, uri: str) -> tuple[str, int]:
         from sipua.resolver import SipResolver
 
-        targets = await SipResolver(rng=self.rng).resolve(parse_uri(uri))
+        if self._resolver is None:
+            self._resolver = SipResolver(rng=self.rng)
+        targets = await self._resolver.resolve(parse_uri(uri))
         if not targets:
             raise CallError(f"cannot locate {uri}", code=ExitCode.NO_ANSWER)
         return targets[0].host, targets[0].port

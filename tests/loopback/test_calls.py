@@ -216,6 +216,48 @@ async def test_stop_in_the_turn_a_bye_arrives_still_answers_it() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_call_by_host_name_leaves_no_timer_after_stop() -> None:
+    """Calling sip:bob@localhost:PORT goes through the RFC 3263 resolver (twisted.names, which
+    re-reads resolv.conf every 60 s); after stop() none of its timers is left."""
+    alice, bob = await pair()
+    try:
+        bob.auto_answer(source=Tone(B_TONE))
+        port = bob.local_address[1]
+        call = await alice.call(f"sip:bob@localhost:{port}", source=Tone(A_TONE))
+        await call.answered()
+        await call.hangup()
+    finally:
+        await stop(alice, bob)
+    left = [c for c in REACTOR.getDelayedCalls()
+            if "maybeParseConfig" in repr(c) or "CacheResolver" in repr(c)]
+    assert left == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_ends_when_ice_consent_is_lost() -> None:
+    """RFC 7675 §5.1: bob stops answering (and sending) STUN 0.5 s after his checks start, a
+    path cut as alice sees it; alice's consent expires after consent_timeout and her call
+    hangs up by itself, saying why."""
+    from sipua.settings import IceFaults
+
+    # bob's own consent outlasts alice's, so that she is the one to notice first.
+    alice, bob = await pair(settings(consent_interval=0.2, consent_timeout=1.0),
+                            settings(consent_interval=0.2, consent_timeout=4.0,
+                                     faults=IceFaults(drop_after=0.5)))
+    try:
+        call, other, _, _ = await connected(alice, bob)
+        ended = call.ended()
+        ended.addTimeout(5.0, REACTOR)
+        await ended
+        assert call.ended_by == "local", call.ended_by
+        assert call.end_reason is not None and "consent lost" in call.end_reason
+        await other.ended()
+        assert other.ended_by == "remote"
+    finally:
+        await stop(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
 async def test_hold_and_resume_by_reinvite() -> None:
     """Hold: sendonly offer, recvonly answer, neither side sends; resume: tones again."""
     alice, bob = await pair()
