@@ -1482,6 +1482,36 @@ class Agent:
             self._set_state(AgentState.NEW, "restart")
         self._events.append(IceRestarted(at=now, ufrag=self.local_ufrag))
 
+    def drop_component(self, component: int, now: float) -> None:
+        """Forget the highest component before the checks start.
+
+        RFC 5761 §5.1.3: an offer of rtcp-mux still carries candidates for the RTCP component,
+        in case the answer declines multiplexing; when it accepts, that component is not used:
+        its gathering stops, its candidates are withdrawn and its TURN allocations released
+        (their deallocation requests are queued now). The adapter closes its sockets after.
+        """
+        if component != self.components or component < 2:
+            raise IceError(f"only the highest component ({self.components}) can be dropped")
+        if self._started:
+            raise IceError("components can only be dropped before the checks start")
+        for tid, step in list(self._gather_steps.items()):
+            if step.base.component == component:
+                step.transaction.cancel()
+                del self._gather_steps[tid]
+        for relay in [r for r in self._relays if r.base.component == component]:
+            relay.client.close(now)
+            self._drain_relay(relay, now)
+            self._relays.remove(relay)
+        self._local = [c for c in self._local if c.component != component]
+        for base in [b for b in self._bases if b.component == component]:
+            del self._bases[base]
+            self._host.pop(base, None)
+        self._socket_of = {c: b for c, b in self._socket_of.items()
+                           if c.component != component}
+        self._relay_of = {c: r for c, r in self._relay_of.items() if c.component != component}
+        self.components = component - 1
+        self._check_gathering(now)
+
     def close(self, now: float) -> None:
         """Stop everything and release the TURN allocations."""
         if self._closed:

@@ -179,6 +179,14 @@ class IceUdpTransport:
             level = logging.DEBUG if exc.errno in quiet else logging.INFO
             log.log(level, "send to %s:%d failed: %s", transmit.dest[0], transmit.dest[1], exc)
 
+    def drop_component(self, component: int) -> None:
+        """:meth:`Agent.drop_component`, then close that component's sockets (the TURN
+        deallocations it queued go out first)."""
+        self.agent.drop_component(component, self.now())
+        self.driver.poke()
+        for base in [b for b in self._ports if b.component == component]:
+            self._ports.pop(base).stopListening()
+
     def close(self) -> None:
         """Release TURN allocations (their requests go out now), then close every socket."""
         self.agent.close(self.now())

@@ -349,6 +349,8 @@ class Call:
         self._ended = _Latch()
         self._offer_done: _Latch | None = None
         self._components = 1
+        #: Offered rtcp-mux with an RTCP component as fallback, until the answer settles it.
+        self._mux_fallback = False
         self._initial_role: str | None = None  # the ICE role the agent started in
         self._final_stats: dict[str, Any] | None = None
 
@@ -461,14 +463,14 @@ class Call:
                                   remote_candidates=selected_remote if remote_candidates else (),
                                   # RFC 8445 §10, RFC 8839 §5.6
                                   options=("ice2",) if self._ice_cfg.compat == "rfc8445" else ())
-        mux = self._components == 1
+        mux = self._components == 1 or self._mux_fallback
         is_offer = answer_to is None if as_offer is None else as_offer
         proto, crypto = (self._crypto_offer() if is_offer or answer_to is None
                          else self._crypto_answer(answer_to))
         offer = AudioOffer(
             connection=defaults[1][0], port=defaults[1][1], codecs=codecs,
             ptime=self._media_cfg.ptime, direction=direction,
-            rtcp=None if mux else defaults[2], rtcp_mux=mux and (
+            rtcp=None if self._components == 1 else defaults[2], rtcp_mux=mux and (
                 answer_to is None or answer_to.rtcp_mux), ice=attrs, proto=proto,
             crypto=crypto)
         self._sdp_version += 1
@@ -491,7 +493,10 @@ class Call:
         crypto, local_key = self._negotiate_srtp(audio, offer=offer)
         return _Negotiated(codec=codec, dtmf=_dtmf_pt(usable),
                            ptime=audio.ptime or self._media_cfg.ptime, remote=audio, ice=ice,
-                           rtcp_mux=audio.rtcp_mux, crypto=crypto, local_key=local_key)
+                           # Answering, ice.rtcp_mux = false declines multiplexing
+                           # (RFC 5761 §5.1.1); an answer's a=rtcp-mux is the peer's decision.
+                           rtcp_mux=audio.rtcp_mux and (self.rtcp_mux or not offer),
+                           crypto=crypto, local_key=local_key)
 
     # --- SRTP (RFC 4568, docs/security.md) --------------------------------------------------------
     def _crypto_offer(self) -> tuple[str, tuple[CryptoAttribute, ...]]:
@@ -650,8 +655,11 @@ class Call:
                    transport: str, credentials: Any = None,
                    outbound_proxy: tuple[str, int] | None = None) -> Call:
         """Prepare media, then send the INVITE with our offer."""
-        self._bind(controlling=True, components=1 if self.rtcp_mux or not self.use_ice else 2,
-                   gather=self.use_ice)
+        # RFC 5761 §5.1.3: an ICE offer of rtcp-mux also carries the RTCP component, dropped
+        # once the answer accepts multiplexing, so that a peer that declines it (baresip,
+        # linphone) still gets a working RTCP component instead of a failed call.
+        self._mux_fallback = self.use_ice and self.rtcp_mux
+        self._bind(controlling=True, components=2 if self.use_ice else 1, gather=self.use_ice)
         await self._gathered.wait()
         if self.state is CallState.ENDED:
             raise CallError("the call was hung up before it started")
@@ -791,6 +799,13 @@ class Call:
         media = neg.remote
         neg.directions = (self._offered_direction(), media.direction)
         first = self.stream is None
+        if self._mux_fallback:
+            self._mux_fallback = False
+            if neg.rtcp_mux and self.transport is not None:
+                self.transport.drop_component(2)
+                self._components = 1
+            else:
+                log.info("call %s: rtcp-mux declined: RTCP on component 2", self.id)
         if first:
             self._start_media(neg)
         else:

@@ -228,9 +228,6 @@ async def _place(ua: UserAgent, uri: str, step: str, *, options: CallOptions,
         # The answer's SDP is read in the same delivery as the 2xx: let it finish.
         await task.deferLater(ua.reactor, 0, lambda: None)
         if wait_media:
-            if _declined_mux(placed):
-                raise CallError("the answer declined rtcp-mux (we offered one component)",
-                                code=ExitCode.MEDIA_FAILED)
             left = timeout - (float(ua.reactor.seconds()) - placed.started)
             await call.media_flowing(timeout=max(0.1, left))
     except CallError as exc:
@@ -275,18 +272,6 @@ async def probe(ua: UserAgent, uri: str, options: ProbeOptions | None = None, *,
         template = PROBE_CALL
         first = await _place(ua, uri, "call", options=template, overrides=base_role,
                              wait_media=True, timeout=options.timeout)
-        if first.error is not None and _declined_mux(first):
-            # RFC 5761 §5.1.1: the answer refused rtcp-mux and wants RTCP on a second
-            # component we did not offer: call again with two components (a peer like that is
-            # common, and the questions are about its ICE, not about our offer).
-            tell("call 1: the answer declined rtcp-mux; calling again with two components")
-            await _end(ua, first)
-            findings.append(Finding("call", "mux_retry",
-                                    "needed a second call without rtcp-mux", "yes", None,
-                                    (str(first.error),)))
-            template = dataclasses.replace(PROBE_CALL, rtcp_mux=False)
-            first = await _place(ua, uri, "call", options=template, overrides=base_role,
-                                 wait_media=True, timeout=options.timeout)
         if first.error is not None:
             # The first call could not be set up: report what it showed, as `sipua call`
             # would exit (4 rejected, 5 ICE failed, 6 no media, 7 no answer).
@@ -394,14 +379,6 @@ async def _restart(ua: UserAgent, call: Call, placed: _Placed, recorder: _Record
         await _sleep(ua, 0.1)
         waited += 0.1
     return None
-
-
-def _declined_mux(placed: _Placed) -> bool:
-    """We offered one component (rtcp-mux) and the answer has no a=rtcp-mux."""
-    call = placed.call
-    return (call is not None and call.negotiated is not None and call.rtcp_mux
-            and not call.negotiated.rtcp_mux and call.status is not None
-            and 200 <= call.status < 300)
 
 
 def _seen_check(recorder: _Recorder, placed: _Placed, ufrag: str) -> bool:

@@ -561,7 +561,7 @@ def _write_media(media: MediaDescription, session_conn: str) -> dict[str, Any]:
         out["connection"] = {"version": _ip_version(media.connection), "ip": media.connection}
     if media.ptime:
         out["ptime"] = media.ptime
-    if media.rtcp is not None and not media.rtcp_mux:
+    if media.rtcp is not None:  # with rtcp-mux: the fallback port (RFC 5761 §5.1.3)
         out["rtcp"] = {"port": media.rtcp[1], "netType": "IN",
                        "ipVer": _ip_version(media.rtcp[0]), "address": media.rtcp[0]}
     if media.rtcp_mux:

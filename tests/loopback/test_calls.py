@@ -118,6 +118,37 @@ async def test_call_with_ice_carries_tones_both_ways(mux: bool, nomination: str,
 
 
 @pytest_twisted.ensureDeferred
+async def test_rtcp_mux_declined_by_the_answer_falls_back_to_two_components() -> None:
+    """RFC 5761 §5.1.3: alice offers rtcp-mux and, as a fallback, candidates for the RTCP
+    component with a=rtcp; bob (rtcp_mux off) declines: ICE selects both components, tones
+    and RTCP flow. When the answer accepts, the second component is dropped (the test above)."""
+    answers: list[bytes] = []
+    invites: list[bytes] = []
+    alice, bob = await pair(settings(), settings(rtcp_mux=False))
+    alice.subscribe(lambda e: answers.append(e.sdp) if isinstance(e, AnswerReceived) else None)
+    assert alice.transport is not None
+    alice.transport.taps.append(
+        lambda data, local, remote, outgoing, t: invites.append(data)
+        if outgoing and data.startswith(b"INVITE ") else None)
+    try:
+        call, other, heard_by_alice, heard_by_bob = await connected(alice, bob)
+        await sleep(0.8)
+        assert abs(tone_of(heard_by_alice) - B_TONE) < 5
+        assert abs(tone_of(heard_by_bob) - A_TONE) < 5
+        offer = parse_sdp(invites[0].split(b"\r\n\r\n", 1)[1].decode()).audio
+        assert offer.rtcp_mux and offer.rtcp is not None and offer.ice is not None
+        assert {c.component for c in offer.ice.candidates} == {1, 2}
+        answer = parse_sdp(answers[0].decode()).audio
+        assert not answer.rtcp_mux
+        for c in (call, other):
+            selected = c.stats()["ice"]["selected"]
+            assert sorted(selected) == ["1", "2"], selected
+            assert all(p is not None for p in selected.values())
+    finally:
+        await stop(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
 async def test_call_with_stun_server_and_report_json() -> None:
     """With the embedded STUN server configured, gathering asks it; the report is JSON with
     the SIP timeline, every check with its RTT and MOS."""
