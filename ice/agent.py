@@ -938,12 +938,14 @@ class Agent:
             return pair
         if pair is None:
             pair = self._new_pair(local, remote, now)
+            pair.peer_check_at = now
             self.checklist.set_state(pair, PairState.WAITING, "triggered (new pair)", now)
             self._triggered.append((pair, False))
             self._send_triggered_now(pair, False, now)
             return pair
         if pair.state is PairState.SUCCEEDED:
             return pair
+        pair.peer_check_at = now
         if pair.state is PairState.IN_PROGRESS and self.settings.fast_checks:
             # RFC 5245 §7.2.1.4: retransmit the check in progress at once (same transaction):
             # the peer's check just opened its NAT towards us, so this copy can get through.

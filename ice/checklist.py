@@ -68,6 +68,9 @@ class CandidatePair:
     valid_pair: CandidatePair | None = field(default=None, repr=False)
     #: When the first check of this pair left (None before any).
     first_check_at: float | None = None
+    #: When the peer's check last arrived on this pair: the path works from its side, and our
+    #: triggered check (RFC 8445 §7.3.1.4) is expected back within a round trip.
+    peer_check_at: float | None = None
     #: Round-trip time measured by the last successful check producing this valid pair.
     rtt: float | None = None
 

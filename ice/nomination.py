@@ -41,8 +41,12 @@ def regular_choice(
     ``valid`` are the component's usable valid pairs, ``pending`` its check-list pairs. A
     higher-priority pair is still in play while it is Frozen or Waiting, or In-Progress for less
     than twice the best valid pair's RTT (plus 5 ms): a check unanswered for longer than that
-    most likely went where nothing listens. Returns ``(pair, None)`` to nominate now,
-    ``(None, when)`` to ask again at ``when``, or ``(None, None)`` with nothing to nominate.
+    most likely went where nothing listens. A pair on which the peer's check has just arrived
+    stays in play for that long after the arrival, even past ``settle``: the path works from
+    the peer's side and our triggered check is on its way (a peer that starts its checks late
+    would otherwise see us nominate a relay a few ms before its direct pair succeeds).
+    Returns ``(pair, None)`` to nominate now, ``(None, when)`` to ask again at ``when``, or
+    ``(None, None)`` with nothing to nominate.
 
     ``proven`` are the valid pairs on the path (the foundation) of a pair already nominated
     for another component. Pairs of one foundation share their fate (RFC 8445 §6.1.2.6), so
@@ -56,25 +60,31 @@ def regular_choice(
     best = max(candidates, key=lambda p: p.priority)
     deadline = first_valid_at + settle
     patience = 2 * best.rtt + 0.005 if best.rtt is not None else settle
-    wake = deadline
+    wakes = [deadline]
     better_possible = False
     for pair in pending:
         if pair.priority <= best.priority:
             continue
-        if pair.state in (PairState.FROZEN, PairState.WAITING):
+        heard = pair.peer_check_at
+        if heard is not None and pair.state in (PairState.WAITING, PairState.IN_PROGRESS) \
+                and now < heard + patience:
+            better_possible = True
+            deadline = max(deadline, heard + patience)
+            wakes.append(heard + patience)
+        elif pair.state in (PairState.FROZEN, PairState.WAITING):
             better_possible = True
         elif pair.state is PairState.IN_PROGRESS:
             if pair.first_check_at is None:
                 better_possible = True
             elif now < pair.first_check_at + patience:
                 better_possible = True
-                wake = min(wake, pair.first_check_at + patience)
+                wakes.append(pair.first_check_at + patience)
     if not better_possible or now >= deadline:
         return best, None
     followed = [p for p in proven if p in candidates]
     if followed:
         return max(followed, key=lambda p: p.priority), None
-    return None, wake
+    return None, min(w for w in wakes if w > now)
 
 
 def best_nominated(valid: Iterable[CandidatePair]) -> CandidatePair | None:

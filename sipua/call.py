@@ -911,12 +911,14 @@ class Call:
 
     def _maybe_updated_offer(self) -> None:
         """RFC 5245 §9.1.3: the controlling agent re-offers the selected candidates when they
-        are not the defaults, so that middleboxes on the path see the addresses in use."""
+        are not the defaults, so that middleboxes on the path see the addresses in use; after
+        aggressive nomination too (an RFC 5245 peer such as linphone keeps sending RTP to our
+        default candidate until it gets that offer)."""
         agent, session = self.agent, self.session
         wanted = (self.options.updated_offer if self.options.updated_offer is not None
                   else self._ice_cfg.send_updated_offer or self._ice_cfg.compat == "rfc5245")
         if (not wanted or agent is None or session is None or self._updated_offer_sent
-                or not agent.controlling or self.nomination != "regular" or not self.active
+                or not agent.controlling or not self.active
                 or agent.remote_lite or not session.can_offer()):
             return
         defaults = {c: default_candidate(agent.local_candidates, c)

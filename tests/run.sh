@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages for the NAT lab and the interop peers (installed only when missing, only as root).
 DEBS=(iproute2 iptables nftables conntrack kamailio kamailio-extra-modules coturn baresip-core
-      libnetfilter-queue-dev build-essential tcpdump)
+      linphone-cli libnetfilter-queue-dev build-essential tcpdump)
 missing=()
 for pkg in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
