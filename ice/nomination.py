@@ -42,7 +42,8 @@ def regular_choice(
     higher-priority pair is still in play while it is Frozen or Waiting, or In-Progress for less
     than twice the best valid pair's RTT (plus 5 ms): a check unanswered for longer than that
     most likely went where nothing listens. A pair on which the peer's check has just arrived
-    stays in play for that long after the arrival, even past ``settle``: the path works from
+    stays in play for that long (at least ``settle``) after the arrival, even past the
+    ``settle`` deadline: the path works from
     the peer's side and our triggered check is on its way (a peer that starts its checks late
     would otherwise see us nominate a relay a few ms before its direct pair succeeds).
     Returns ``(pair, None)`` to nominate now, ``(None, when)`` to ask again at ``when``, or
@@ -60,6 +61,10 @@ def regular_choice(
     best = max(candidates, key=lambda p: p.priority)
     deadline = first_valid_at + settle
     patience = 2 * best.rtt + 0.005 if best.rtt is not None else settle
+    # A pair the peer's check reached works from its side: give our answer to it at least
+    # ``settle``, as a peer may answer on a coarse tick (linphone's media ticker: ~10 ms) and
+    # the path need not be as short as the valid pair's.
+    heard_patience = max(patience, settle)
     wakes = [deadline]
     better_possible = False
     for pair in pending:
@@ -67,10 +72,10 @@ def regular_choice(
             continue
         heard = pair.peer_check_at
         if heard is not None and pair.state in (PairState.WAITING, PairState.IN_PROGRESS) \
-                and now < heard + patience:
+                and now < heard + heard_patience:
             better_possible = True
-            deadline = max(deadline, heard + patience)
-            wakes.append(heard + patience)
+            deadline = max(deadline, heard + heard_patience)
+            wakes.append(heard + heard_patience)
         elif pair.state in (PairState.FROZEN, PairState.WAITING):
             better_possible = True
         elif pair.state is PairState.IN_PROGRESS:

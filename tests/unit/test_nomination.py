@@ -30,14 +30,18 @@ def test_the_relay_is_nominated_once_settle_has_passed_without_news() -> None:
 def test_a_pair_the_peer_just_checked_stays_in_play_past_settle() -> None:
     """The peer's check arrived on the direct pair at 0.065 s (it started late): the path
     works from its side and our triggered check is out, so the choice waits 2 RTT + 5 ms from
-    that arrival, past the settle deadline (0.07 s), and only then falls back to the relay."""
+    that arrival, but at least settle (a peer may answer on a coarse tick), past the settle
+    deadline (0.07 s), and only then falls back to the relay."""
     relay = pair(CandidateType.RELAY, 1, 100, PairState.SUCCEEDED, rtt=0.010)
     direct = pair(CandidateType.HOST, 2, 900, PairState.IN_PROGRESS)
     direct.first_check_at = 0.0
     direct.peer_check_at = 0.065
     choice, wake = regular_choice([relay], [relay, direct], 0.02, 0.075, SETTLE)
-    assert choice is None and wake is not None and abs(wake - 0.09) < 1e-9
-    assert regular_choice([relay], [relay, direct], 0.02, 0.09, SETTLE) == (relay, None)
+    assert choice is None and wake is not None and abs(wake - 0.115) < 1e-9
+    assert regular_choice([relay], [relay, direct], 0.02, 0.115, SETTLE) == (relay, None)
+    slow = pair(CandidateType.RELAY, 1, 100, PairState.SUCCEEDED, rtt=0.040)
+    choice, wake = regular_choice([slow], [slow, direct], 0.02, 0.075, SETTLE)
+    assert choice is None and wake is not None and abs(wake - 0.15) < 1e-9  # 2 RTT + 5 ms
 
 
 def test_the_wake_time_is_never_in_the_past() -> None:
