@@ -407,16 +407,47 @@ def _run_sip_cell(lab: Lab, scenario: Scenario, spec: CellSpec, cell: Cell,
     problems = []
     if report is None or report.get("error"):
         problems.append(f"sipua: {(report or {}).get('error') or 'no call report'}")
+    only_the_pair = not problems and cell.audio_ok
     if not cell.pair_as_expected:
         chooser = "" if spec.caller == "sipua" else f" (nominated by {spec.caller})"
         problems.append(f"pair {cell.pair_sipua}{chooser} is not {expectation.label}")
+    else:
+        only_the_pair = False
     if not cell.audio_ok:
         problems.append(f"audio: {cell.audio}")
-    if problems:
+    limit = _peer_limit(other) if only_the_pair and spec.caller != "sipua" else None
+    if limit is not None:
+        # The peer controls and could not use the direct path: its own log says why. The call
+        # still connected (through the relay) with audio both ways.
+        cell.status, cell.reason = "n/a", f"{limit[0]} (connected through {cell.pair_sipua})"
+        cell.evidence = [f"{other.kind}@{other.host}: {limit[1]}"]
+    elif problems:
         cell.reason = "; ".join(problems)
         cell.evidence = _evidence((caller, callee))
     else:
         cell.status = "ok"
+
+
+#: What a peer's own log says when it cannot take a direct path that exists: (peer kind, log
+#: text, what it means). Used only when that peer controls, the call connected and the audio
+#: was verified, and sipua's pair was not the expected one.
+PEER_LIMITS: tuple[tuple[str, str, str], ...] = (
+    ("baresip", "candidate pair not found",
+     "baresip learns no peer-reflexive candidate from a check from an unknown address "
+     "(RFC 8445 §7.3.1.3), so it cannot use the direct path through a symmetric NAT"),
+)
+
+
+def _peer_limit(peer: SipPeer) -> tuple[str, str] | None:
+    """(what the peer cannot do, its log line saying so), from :data:`PEER_LIMITS`."""
+    text = peer.log()
+    for kind, marker, meaning in PEER_LIMITS:
+        if peer.kind != kind:
+            continue
+        line = next((ln.strip() for ln in text.splitlines() if marker in ln), None)
+        if line is not None:
+            return meaning, line[:300]
+    return None
 
 
 def _types(sel: dict[str, Any]) -> tuple[str, str]:

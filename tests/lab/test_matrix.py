@@ -213,3 +213,24 @@ def test_linphone_selected_pair_from_its_log(tmp_path: Path) -> None:
     assert peer.selected_pair() == "srflx-prflx"
     log.write_text("no ICE here\n")
     assert peer.selected_pair() is None
+
+
+class _FakePeer:
+    """Only what _peer_limit reads."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        self.kind, self.host, self._text = kind, "a", text
+
+    def log(self) -> str:
+        return self._text
+
+
+def test_a_peer_limit_is_recognised_only_from_that_peers_own_log() -> None:
+    """baresip's "candidate pair not found" (it ignores a check from an unknown source, so it
+    cannot learn the peer-reflexive candidate of a symmetric NAT) makes the cell n/a with that
+    very line; the same words from another peer, or an ordinary baresip log, do not."""
+    line = "stunsrv: {audio.1} candidate pair not found: source=203.0.113.12:27273"
+    found = matrix._peer_limit(_FakePeer("baresip", f"ice: new session\n{line}\n"))  # type: ignore[arg-type]
+    assert found is not None and found[1] == line and "peer-reflexive" in found[0]
+    assert matrix._peer_limit(_FakePeer("linphone", line)) is None  # type: ignore[arg-type]
+    assert matrix._peer_limit(_FakePeer("baresip", "ice: audio: complete")) is None  # type: ignore[arg-type]
