@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -241,6 +242,8 @@ class PacingClock:
         self._where: dict[Paced, _Group] = {}
         self._wake = LatenessHistogram(histogram_resolution, histogram_limit)
         self._send = LatenessHistogram(histogram_resolution, histogram_limit)
+        self._wake_hooks: list[Callable[[float], None]] = []
+        self._dense = False
         self._ticks = 0
         self._frames = 0
         self._caught_up = 0
@@ -277,6 +280,7 @@ class PacingClock:
         group.streams[stream] = slot
         self._where[stream] = group
         self._arm(group, now)
+        self._update_density(now)
         first = group.m + (slot - group.m) % len(group.slots)
         return group.grid(first)
 
@@ -296,10 +300,56 @@ class PacingClock:
             for key, g in list(self._groups.items()):
                 if g is group:
                     del self._groups[key]
+        self._update_density(self.reactor.seconds())
 
     def is_registered(self, stream: Paced) -> bool:
         """Whether ``stream`` is being ticked."""
         return stream in self._where
+
+    # --- wake-ups shared with the receive side --------------------------------------------
+
+    DENSE_GAP = 0.002
+    """The clock is dense when it wakes at least this often (seconds between ticks)."""
+
+    @property
+    def dense(self) -> bool:
+        """The clock wakes the process at least every :attr:`DENSE_GAP`: a receiver may then
+        read its sockets on the clock's wake-ups (:meth:`add_wake_hook`) instead of waking the
+        process once per datagram."""
+        return self._dense
+
+    def add_wake_hook(self, hook: Callable[[float], None]) -> None:
+        """Call ``hook(now)`` at each wake-up, before the streams' ticks (so that what arrived
+        is in their jitter buffers before they play), and when the clock stops being dense."""
+        self._wake_hooks.append(hook)
+
+    def remove_wake_hook(self, hook: Callable[[float], None]) -> None:
+        """Stop calling ``hook`` (no-op when it is not there)."""
+        if hook in self._wake_hooks:
+            self._wake_hooks.remove(hook)
+
+    def _update_density(self, now: float) -> None:
+        dense = False
+        for group in self._groups.values():
+            busy = [i for i, t in enumerate(group.tuples) if t]
+            if not busy:
+                continue
+            count = len(group.tuples)
+            gaps = [(busy[(k + 1) % len(busy)] - busy[k]) % count or count
+                    for k in range(len(busy))]
+            if max(gaps) * group.step <= self.DENSE_GAP + _GRID_EPSILON:
+                dense = True
+                break
+        was, self._dense = self._dense, dense
+        if was and not dense:
+            self._run_hooks(now)
+
+    def _run_hooks(self, now: float) -> None:
+        for hook in self._wake_hooks:
+            try:
+                hook(now)
+            except Exception:  # a broken receiver must not stop the pacing
+                logger.exception("pacing wake hook %r failed", hook)
 
     @property
     def timers(self) -> int:
@@ -343,6 +393,8 @@ class PacingClock:
             logger.info("pacing %.0f ms: %.3f s stall, %d periods skipped",
                         period * 1e3, now - group.grid(group.m), (restart - group.m) // count)
             group.m = restart
+        if self._wake_hooks:
+            self._run_hooks(now)
         wake = self._wake
         send = self._send
         tuples = group.tuples

@@ -229,3 +229,40 @@ def test_histogram_percentiles() -> None:
     assert h.percentile(1.0) == 0.5
     h.reset()
     assert h.summary().count == 0 and h.percentile(0.99) == 0.0
+
+
+def test_dense_clock_runs_wake_hooks_before_the_ticks() -> None:
+    """With a stream in every 1 ms slot the clock is dense; its wake hooks run at every
+    wake-up before any stream's tick, and once more when it stops being dense (so that a
+    receiver reading on the clock's wake-ups goes back to the reactor)."""
+    reactor = task.Clock()
+    clock = PacingClock(reactor)
+    order: list[str] = []
+
+    class Marked(Recorder):
+        def on_tick(self, grid_time: float, now: float) -> None:
+            order.append("tick")
+            super().on_tick(grid_time, now)
+
+    clock.add_wake_hook(lambda now: order.append("hook"))
+    streams = [Marked(str(i)) for i in range(20)]
+    for s in streams[:18]:
+        clock.register(s, PTIME)
+    assert not clock.dense  # slots 0-17 busy: a 3 ms gap from 17 back to 0
+    clock.register(streams[18], PTIME)
+    assert clock.dense  # a 2 ms gap at most
+    clock.register(streams[19], PTIME)
+    assert clock.dense
+    run_until(reactor, 0.1)
+    assert order[0] == "hook"
+    # Every wake-up: one hook, then the tick(s) of its slot.
+    hooks = order.count("hook")
+    assert hooks >= 90 and order.count("tick") >= hooks
+    assert all(a != "hook" or b == "tick" for a, b in itertools.pairwise(order))
+    order.clear()
+    for s in streams[5:]:
+        clock.unregister(s)
+    assert not clock.dense and order == ["hook"]  # told once, at the change
+    clock.remove_wake_hook(clock._wake_hooks[0])
+    run_until(reactor, 0.2)
+    assert "hook" not in order[1:]
