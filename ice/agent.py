@@ -327,6 +327,8 @@ class Agent:
         self.remote_ufrag: str | None = None
         self.remote_pwd: str | None = None
         self.remote_lite = False
+        self.ta = self.settings.ta
+        """The pacing interval in use: ours, or the peer's when it proposed a longer one."""
         self._remote: list[Candidate] = []
         self._end_of_remote = False
         self._started = False
@@ -620,6 +622,24 @@ class Agent:
         if not ufrag or not pwd:
             raise ValueError("remote ufrag and pwd must not be empty")
         self.remote_ufrag, self.remote_pwd, self.remote_lite = ufrag, pwd, lite
+
+    MAX_REMOTE_PACING = 1.0
+    """A peer's proposed Ta is honoured up to this (seconds): beyond it checks would outlast
+    any call set-up timer."""
+
+    def set_remote_pacing(self, ta: float | None) -> None:
+        """The Ta the peer proposed (``a=ice-pacing``), None when it proposed none.
+
+        RFC 8445 §14.2: both agents use the higher of the proposed values. A peer that proposes
+        nothing is taken at our value, not at the RFC's 50 ms default: RFC 5245 (which most SIP
+        endpoints follow) has no way to propose one.
+        """
+        if ta is None or not ta > 0:
+            self.ta = self.settings.ta
+            return
+        self.ta = max(self.settings.ta, min(ta, self.MAX_REMOTE_PACING))
+        if self.ta != self.settings.ta:
+            log.info("pacing checks every %.0f ms, as the peer proposed", self.ta * 1e3)
 
     def add_remote_candidate(self, candidate: Candidate, now: float) -> None:
         """Add a remote candidate, before or after checks began (trickle-ready)."""
@@ -1245,7 +1265,7 @@ class Agent:
         if (self._controlling and self._nomination is Nomination.REGULAR
                 and not self.settings.withhold_nomination):
             self._update_nomination(now)
-        if self._last_check_at is None or now >= self._last_check_at + self.settings.ta - 1e-9:
+        if self._last_check_at is None or now >= self._last_check_at + self.ta - 1e-9:
             item = self._next_check(now)
             if item is not None:
                 pair, use_candidate, triggered = item
@@ -1292,7 +1312,7 @@ class Agent:
         """RFC 8445 §14.3: RTO = MAX(floor, Ta * (Waiting + In-Progress pairs))."""
         active = sum(1 for p in self.checklist.pairs
                      if p.state in (PairState.WAITING, PairState.IN_PROGRESS))
-        return max(self.settings.rto, self.settings.ta * active)
+        return max(self.settings.rto, self.ta * active)
 
     def _send_check(self, pair: CandidatePair, now: float, *, use_candidate: bool,
                     triggered: bool) -> None:
@@ -1563,7 +1583,7 @@ class Agent:
             if self._settle_deadline is not None:
                 times.append(self._settle_deadline)
             if self._has_check_work():
-                times.append(self._last_check_at + self.settings.ta
+                times.append(self._last_check_at + self.ta
                              if self._last_check_at is not None else 0.0)
         for consent in self._consent.values():
             if consent.lost:

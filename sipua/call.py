@@ -462,7 +462,9 @@ class Call:
                                   lite=self._ice_cfg.lite, end_of_candidates=True,
                                   remote_candidates=selected_remote if remote_candidates else (),
                                   # RFC 8445 §10, RFC 8839 §5.6
-                                  options=("ice2",) if self._ice_cfg.compat == "rfc8445" else ())
+                                  options=("ice2",) if self._ice_cfg.compat == "rfc8445" else (),
+                                  # RFC 8445 §14.2: a Ta other than 50 ms is proposed
+                                  pacing=max(1, round(agent.settings.ta * 1000)))
         mux = self._components == 1 or self._mux_fallback
         is_offer = answer_to is None if as_offer is None else as_offer
         proto, crypto = (self._crypto_offer() if is_offer or answer_to is None
@@ -591,6 +593,7 @@ class Call:
             if not self._restarting:
                 agent.restart(now)
         fresh = agent.remote_ufrag is None
+        agent.set_remote_pacing(attrs.pacing / 1000 if attrs.pacing else None)
         if fresh:
             agent.set_remote_credentials(attrs.ufrag, attrs.pwd, lite=attrs.lite)
         for candidate in attrs.candidates:

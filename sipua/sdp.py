@@ -241,6 +241,8 @@ class IceAttributes:
     end_of_candidates: bool = False
     #: ``a=remote-candidates`` (RFC 5245 §9.1.3 updated offer): component -> address.
     remote_candidates: tuple[tuple[int, Address], ...] = ()
+    #: ``a=ice-pacing`` (RFC 8839 §5.5), the proposed Ta in milliseconds; None when absent.
+    pacing: int | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +372,22 @@ def _media_sections(text: str) -> list[list[str]]:
     return sections
 
 
+MAX_ICE_PACING_MS = 60_000
+"""Larger ``a=ice-pacing`` values are not taken (a check a minute is no pacing at all)."""
+
+
+def _pacing(value: str | None) -> int | None:
+    """``a=ice-pacing`` (RFC 8839 §5.5: an integer of milliseconds); None when absent or not
+    a usable number (ignored, like any attribute we cannot read)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit() or len(value) > 10:
+        return None
+    ms = int(value)
+    return ms if 0 < ms <= MAX_ICE_PACING_MS else None
+
+
 def _session_lines(text: str) -> list[str]:
     """Raw attribute lines of the session level (before the first m=)."""
     lines: list[str] = []
@@ -449,13 +467,14 @@ def parse_sdp(text: str) -> SessionDescription:
     session_pwd = _raw_attribute(session_raw, "ice-pwd")
     lite = bool(session.get("icelite"))
     session_options = tuple(str(session.get("iceOptions", "")).split())
+    session_pacing = _pacing(_raw_attribute(session_raw, "ice-pacing"))
     session_direction = session.get("direction")
     medias: list[MediaDescription] = []
     for index, media in enumerate(session.get("media", [])):
         try:
             medias.append(_parse_media(media, raw_sections[index] if index < len(raw_sections)
                                        else [], session_conn, session_ufrag, session_pwd, lite,
-                                       session_options, session_direction))
+                                       session_options, session_direction, session_pacing))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, SdpError):
                 raise
@@ -476,8 +495,8 @@ def parse_sdp(text: str) -> SessionDescription:
 
 def _parse_media(media: dict[str, Any], raw: Sequence[str], session_conn: str | None,
                  session_ufrag: str | None, session_pwd: str | None, lite: bool,
-                 session_options: tuple[str, ...], session_direction: str | None
-                 ) -> MediaDescription:
+                 session_options: tuple[str, ...], session_direction: str | None,
+                 session_pacing: int | None = None) -> MediaDescription:
     port = int(media.get("port", 0))
     if not 0 <= port <= 65535:
         raise SdpError(f"bad media port {port}")
@@ -514,8 +533,10 @@ def _parse_media(media: dict[str, Any], raw: Sequence[str], session_conn: str | 
         options = tuple(str(media.get("iceOptions", "")).split()) or session_options
         remote = _parse_remote_candidates(str(media["remoteCandidates"])) \
             if media.get("remoteCandidates") else ()
+        # RFC 8839 §5.5 puts ice-pacing at session level; a media-level one is read too.
+        pacing = _pacing(_raw_attribute(raw, "ice-pacing")) or session_pacing
         ice = IceAttributes(str(ufrag), str(pwd), tuple(candidates), lite, options,
-                            bool(media.get("endOfCandidates")), remote)
+                            bool(media.get("endOfCandidates")), remote, pacing)
     invalid = tuple(str(i.get("value", "")) for i in media.get("invalid", []))
     ptime = media.get("ptime")
     return MediaDescription(
@@ -542,6 +563,9 @@ def write_sdp(desc: SessionDescription) -> str:
     }
     if any(m.ice and m.ice.lite for m in desc.media):
         session["icelite"] = "ice-lite"
+    pacing = next((m.ice.pacing for m in desc.media if m.ice and m.ice.pacing), None)
+    if pacing is not None:  # RFC 8839 §5.5: session level
+        session["invalid"] = [{"value": f"ice-pacing:{pacing}"}]
     for media in desc.media:
         session["media"].append(_write_media(media, first_conn))
     return str(sdp_transform.write(session))

@@ -121,6 +121,23 @@ async def test_compat_switch_in_sdp_and_fault_counters(compat: str,
         await finish(call, alice, bob)
 
 
+@pytest_twisted.ensureDeferred
+async def test_each_side_proposes_its_pacing_and_both_use_the_higher() -> None:
+    """RFC 8445 §14.2 / RFC 8839 §5.5: the offer carries the caller's a=ice-pacing (30 ms),
+    the answer the callee's (20 ms, the default); both agents pace their checks at 30 ms."""
+    alice, bob = await started(settings(ta=0.03), settings())
+    call, other = await connected(alice, bob)
+    try:
+        assert other.negotiated is not None and call.negotiated is not None
+        offer_ice, answer_ice = other.negotiated.remote.ice, call.negotiated.remote.ice
+        assert offer_ice is not None and answer_ice is not None
+        assert (offer_ice.pacing, answer_ice.pacing) == (30, 20)
+        assert call.agent is not None and other.agent is not None
+        assert call.agent.ta == pytest.approx(0.03) and other.agent.ta == pytest.approx(0.03)
+    finally:
+        await finish(call, alice, bob)
+
+
 class _RefusingTurn(DatagramProtocol):
     """A TURN server that answers every request 403 Forbidden (RFC 8656 §7.2)."""
 

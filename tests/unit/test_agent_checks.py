@@ -324,3 +324,23 @@ def test_responses_matched_by_id_source_and_integrity(case: str) -> None:
         assert pair.state.value == expected
     failed = of_type(net.events("a"), CheckFailed)
     assert [e.reason for e in failed] == (["asymmetric"] if case == "wrong source" else [])
+
+
+@pytest.mark.parametrize(("proposed", "expected"), [(None, 0.02), (0.01, 0.02), (0.05, 0.05),
+                                                    (30.0, 1.0)])
+def test_checks_paced_at_the_higher_of_both_proposals(proposed: float | None,
+                                                      expected: float) -> None:
+    """RFC 8445 §14.2: with the peer's a=ice-pacing the ordinary checks go out every
+    max(ours, theirs); no proposal keeps ours; an absurd one is capped at a second."""
+    net = two_agents(loss=lambda p: True,  # nothing arrives: only ordinary, paced checks
+                     a_addresses=[("10.0.0.1", 1000), ("10.0.1.1", 1001), ("10.0.2.1", 1002)])
+    describe(net, "a", "b")
+    agent = net.agent("a")
+    agent.set_remote_pacing(proposed)
+    assert agent.ta == pytest.approx(expected)
+    agent.start_checks(0.0)
+    net.run(2.5 * expected)
+    firsts = [e.at for e in of_type(net.events("a"), CheckSent) if not e.retransmission]
+    assert len(firsts) >= 2
+    assert [round(b - a, 6) for a, b in itertools.pairwise(firsts[:3])] == \
+        [pytest.approx(expected)] * (min(3, len(firsts)) - 1)

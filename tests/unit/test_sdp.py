@@ -154,6 +154,26 @@ def test_remote_candidates_round_trip() -> None:
     assert media.ice.remote_candidates == ice.remote_candidates
 
 
+def test_ice_pacing_is_written_at_session_level_and_read_back() -> None:
+    """RFC 8839 §5.5: our proposed Ta goes out as a session-level a=ice-pacing; the peer's is
+    read at session or media level, and a value that is not a usable number is ignored."""
+    ice = IceAttributes("abcd", "0123456789abcdefghijkl", pacing=20)
+    text = build_description(AudioOffer("203.0.113.5", 4000, ice=ice), session_id=1,
+                             session_version=1).encode()
+    lines = text.splitlines()
+    assert "a=ice-pacing:20" in lines
+    assert lines.index("a=ice-pacing:20") < next(i for i, x in enumerate(lines)
+                                                  if x.startswith("m="))
+    media = parse_sdp(text).audio
+    assert media.ice is not None and media.ice.pacing == 20
+    at_media = BARESIP.replace("a=sendrecv", "a=sendrecv\r\na=ice-pacing:50")
+    assert parse_sdp(at_media).audio.ice.pacing == 50  # type: ignore[union-attr]
+    assert parse_sdp(BARESIP).audio.ice.pacing is None  # type: ignore[union-attr]
+    for bad in ("-5", "0", "abc", "1e3", "99999999999", "70000"):
+        session_level = BARESIP.replace("t=0 0\r\n", f"t=0 0\r\na=ice-pacing:{bad}\r\n")
+        assert parse_sdp(session_level).audio.ice.pacing is None, bad  # type: ignore[union-attr]
+
+
 def test_hold_directions() -> None:
     """sendonly/inactive and the old c=0.0.0.0 form all read as hold."""
     for direction in ("sendonly", "inactive"):
