@@ -208,6 +208,9 @@ class TurnClient:
         self.mapped_address: Address | None = None
         #: Malformed datagrams from the server that were dropped.
         self.malformed = 0
+        #: Responses to authenticated requests dropped for a missing or wrong
+        #: MESSAGE-INTEGRITY (RFC 8489 §9.2.5).
+        self.unauthenticated = 0
         self._rng = rng
         self._rto = rto
         self._state = TurnState.IDLE
@@ -461,6 +464,18 @@ class TurnClient:
                 and not verify_integrity(message, self._key)):
             # RFC 8489 §9.2.5: a response failing the check is discarded as if never received.
             log.warning("%s response with bad MESSAGE-INTEGRITY dropped", request.kind.value)
+            self.unauthenticated += 1
+            return
+        if (request.authenticated and message.cls is MessageClass.SUCCESS
+                and Attr.MESSAGE_INTEGRITY not in message.attributes):
+            # RFC 8489 §9.2.5: the success response to an authenticated request must prove it
+            # comes from the server that shares our key; one without MESSAGE-INTEGRITY could
+            # come from anyone who saw the request (a forged relayed address, lifetime, ...).
+            # Error responses without it are still taken: they can only end what an on-path
+            # attacker could end by dropping packets, and servers do not sign every error.
+            log.warning("%s success response without MESSAGE-INTEGRITY dropped",
+                        request.kind.value)
+            self.unauthenticated += 1
             return
         del self._requests[message.transaction_id]
         request.transaction.complete()

@@ -30,6 +30,7 @@ from ice.stun import (
     decode_channel_data,
     encode_channel_data,
     is_channel_data,
+    long_term_key,
     make_error,
     make_response,
     new_transaction_id,
@@ -309,9 +310,14 @@ class TurnServer:
         self.channels: dict[Address, dict[int, Address]] = {}
         self.released: list[Address] = []
 
-    def _reply(self, message: Message, dest: Address) -> None:
-        self.net.push(Packet("turn", message.encode(fingerprint=True), self.address, dest,
-                             self.net.now))
+    PASSWORD = "pass"
+    """Every user's password: success responses are signed with it (RFC 8489 §9.2.4)."""
+
+    def _reply(self, message: Message, dest: Address, username: str | None = None) -> None:
+        key = (long_term_key(username, "harness", self.PASSWORD)
+               if username is not None and message.cls is MessageClass.SUCCESS else None)
+        self.net.push(Packet("turn", message.encode(integrity_key=key, fingerprint=True),
+                             self.address, dest, self.net.now))
 
     def from_client(self, packet: Packet) -> None:
         client = packet.source
@@ -366,7 +372,8 @@ class TurnServer:
             attrs = {Attr.LIFETIME: lifetime}
             if lifetime == 0:
                 self.released.append(relayed)
-        self._reply(make_response(msg, MessageClass.SUCCESS, attrs), client)
+        self._reply(make_response(msg, MessageClass.SUCCESS, attrs), client,
+                    msg.get(Attr.USERNAME))
 
     def from_peer(self, packet: Packet) -> None:
         relayed = packet.dest

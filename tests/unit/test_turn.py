@@ -234,6 +234,26 @@ def test_response_with_bad_integrity_is_ignored() -> None:
     assert events(client) == [AllocationSucceeded(RELAYED, MAPPED, 600)]
 
 
+def test_unsigned_success_to_an_authenticated_request_is_ignored() -> None:
+    """RFC 8489 §9.2.5: a success response to an authenticated Allocate that carries no
+    MESSAGE-INTEGRITY could come from anyone who saw the request (a forged relayed address):
+    dropped and counted; the signed one that follows is taken. An unsigned error is taken."""
+    client = TurnClient(SETTINGS, random.Random(9))
+    client.allocate(0.0)
+    refuse(client, only(client), 0.0, 401, "Unauthorized", {Attr.REALM: REALM, Attr.NONCE: NONCE})
+    signed = only(client)
+    answer(client, signed, 0.1, {Attr.XOR_RELAYED_ADDRESS: ("198.51.100.66", 9)}, key=None)
+    assert events(client) == [] and client.unauthenticated == 1
+    assert state_of(client) is TurnState.ALLOCATING
+    answer(client, signed, 0.2, {Attr.XOR_RELAYED_ADDRESS: RELAYED,
+                                 Attr.XOR_MAPPED_ADDRESS: MAPPED})
+    assert events(client) == [AllocationSucceeded(RELAYED, MAPPED, 600)]
+    assert client.relayed_address == RELAYED
+    client.create_permission(PEER[0], 0.3)
+    refuse(client, only(client), 0.35, 403, "Forbidden")
+    assert [type(e).__name__ for e in events(client)] == ["PermissionFailed"]
+
+
 def test_allocate_twice_is_an_error() -> None:
     """allocate() is a one-shot command."""
     client = allocated()
