@@ -568,6 +568,15 @@ class TurnClient:
     def _on_failure(self, request: _Request, code: int | None, reason: str, now: float) -> None:
         kind = request.kind
         log.info("%s failed: %s %s", kind.value, code, reason)
+        if (kind is _Kind.REFRESH and code is None and self._state is TurnState.ALLOCATED
+                and self._expires_at is not None and now < self._expires_at):
+            # The server did not answer one Refresh (Rc transmissions, ~40 s): the allocation
+            # still has time left, so ask again rather than give up a working relay over a
+            # passing outage; it fails when it expires (handle_timer).
+            log.info("Refresh unanswered; retrying before the allocation expires in %.0f s",
+                     self._expires_at - now)
+            self._refresh_at = now
+            return
         if kind in (_Kind.ALLOCATE, _Kind.REFRESH):
             if self._state in (TurnState.ALLOCATING, TurnState.ALLOCATED):
                 self._fail(code, reason)

@@ -649,3 +649,39 @@ def test_unanswered_permission_refresh_gives_up_before_expiry() -> None:
     assert out.count(PermissionFailed(PEER[0], None, "timeout")) == 1
     assert not client.has_permission(PEER[0])
     assert state_of(client) is TurnState.ALLOCATED
+
+
+def test_unanswered_refresh_is_retried_until_the_allocation_expires() -> None:
+    """One Refresh the server never answers (a passing outage): when its transaction times out
+    (~40 s of retransmissions), the allocation still has time left, so a new Refresh goes out
+    at once; its answer keeps the relay."""
+    client = allocated(0.0)
+    client.handle_timer(540.0)
+    first = only(client)
+    now = 540.0
+    while (timer := client.next_timer()) is not None and timer < 600.0:
+        now = timer
+        client.handle_timer(now)
+        messages = sent(client)
+        if any(m.transaction_id != first.transaction_id for m in messages):
+            break
+    else:
+        raise AssertionError("no new Refresh before expiry")
+    retry = next(m for m in messages if m.transaction_id != first.transaction_id)
+    assert retry.method == Method.REFRESH and 579.0 < now < 600.0
+    assert events(client) == [] and state_of(client) is TurnState.ALLOCATED
+    answer(client, retry, now + 0.05, {Attr.LIFETIME: 600})
+    assert events(client) == [AllocationRefreshed(600)]
+    assert state_of(client) is TurnState.ALLOCATED
+
+
+def test_refresh_never_answered_fails_when_the_allocation_expires() -> None:
+    """A server gone for good: Refreshes are retried, and the allocation fails when its
+    lifetime runs out (600 s), not earlier."""
+    client = allocated(0.0)
+    _, transmissions, out = _serve(client, 700.0, ignore=frozenset({Method.REFRESH}))
+    failed = [e for e in out if isinstance(e, AllocationFailed)]
+    assert failed == [AllocationFailed(None, "allocation expired")]
+    refresh_times = [t for t, m in transmissions if m == Method.REFRESH]
+    assert min(refresh_times) == 540.0 and max(refresh_times) < 600.0
+    assert state_of(client) is TurnState.FAILED
