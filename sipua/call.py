@@ -93,6 +93,10 @@ __all__ = ["Call", "CallError", "CallHost", "CallOptions", "CallState", "MediaTi
 
 log = logging.getLogger(__name__)
 
+MAX_GLARE_RETRIES = 3
+"""Times an offer refused with 491 Request Pending is sent again (RFC 3261 §14.1) before the
+hold/resume/restart that made it reports failure."""
+
 
 class CallError(Exception):
     """The call did not come about or broke: ``status`` (SIP) and ``code`` (the CLI exit code)."""
@@ -348,6 +352,10 @@ class Call:
         self._flowing = _Latch()
         self._ended = _Latch()
         self._offer_done: _Latch | None = None
+        #: Sends our last offer again (a fresh SDP version) after a 491; None when there is none.
+        self._offer_again: Callable[[_Latch], object] | None = None
+        self._glare_retries = 0
+        self._glare_timer: Any = None
         self._components = 1
         #: Offered rtcp-mux with an RTCP component as fallback, until the answer settles it.
         self._mux_fallback = False
@@ -772,7 +780,19 @@ class Call:
             self._on_offer(event)
         elif isinstance(event, OfferRejected):
             log.info("call %s: our %s offer refused (%d)", self.id, event.method, event.status)
+            if (event.retry_after is not None and self._offer_again is not None
+                    and self._offer_done is not None and not self._offer_done.called
+                    and self._glare_retries < MAX_GLARE_RETRIES and self.active):
+                # RFC 3261 §14.1: after a 491 the offer is tried again once the randomized
+                # wait is over (the other side's offer, if any, has been answered by then).
+                self._glare_retries += 1
+                log.info("call %s: glare: offering again in %.2f s (try %d of %d)", self.id,
+                         event.retry_after, self._glare_retries, MAX_GLARE_RETRIES)
+                self._glare_timer = self.reactor.callLater(event.retry_after,
+                                                           self._offer_after_glare)
+                return
             self._restarting = False
+            self._offer_again = None
             if self._offer_done is not None and not self._offer_done.called:
                 self._offer_done.fire(False)
         elif isinstance(event, CallFailed):
@@ -842,8 +862,9 @@ class Call:
                 return
         self._remote_held = media.direction in ("sendonly", "inactive")
         local_dir = ANSWER_DIRECTION.get(media.direction, "sendrecv")
-        if self._held and local_dir == "sendrecv":
-            local_dir = "sendonly"
+        if self._held:
+            # We hold the peer: we receive nothing, whatever it offers (RFC 3264 §6.1, §8.4).
+            local_dir = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(local_dir, local_dir)
         neg.directions = (local_dir, media.direction)
         restart = (neg.ice and self.agent is not None and media.ice is not None
                    and self.agent.remote_ufrag is not None
@@ -934,11 +955,15 @@ class Call:
         if not differs:
             return
         self._updated_offer_sent = True
-        sdp = self._local_description(direction=self._offered_direction(), updated=True,
-                                      remote_candidates=True)
         log.info("call %s: selected pair differs from the default: updated offer by %s",
                  self.id, self.options.updated_offer_method)
-        self._send_offer(sdp, self.options.updated_offer_method)
+        self._send_updated_offer()
+
+    def _send_updated_offer(self, done: _Latch | None = None) -> Deferred[bool]:
+        sdp = self._local_description(direction=self._offered_direction(), updated=True,
+                                      remote_candidates=True)
+        return self._send_offer(sdp, self.options.updated_offer_method,
+                                self._send_updated_offer, done)
 
     # --- commands ---------------------------------------------------------------------------------
     def answered(self) -> Deferred[Call]:
@@ -1008,7 +1033,21 @@ class Call:
         self._restarting = True
         return self._reoffer()
 
-    def _reoffer(self) -> Deferred[bool]:
+    def _offer_after_glare(self) -> None:
+        self._glare_timer = None
+        done, again = self._offer_done, self._offer_again
+        if done is None or done.called or again is None:
+            return
+        if not self.active or self.session is None:
+            done.fire(False)
+            return
+        if not self.session.can_offer():
+            # The peer's own offer is still being answered: wait once more.
+            self._glare_timer = self.reactor.callLater(0.5, self._offer_after_glare)
+            return
+        again(done)
+
+    def _reoffer(self, done: _Latch | None = None) -> Deferred[bool]:
         if self.negotiated is None or self.session is None:
             return defer.fail(CallError("the call is not established"))
         # RFC 5245 §9.1.2.2: once ICE has completed, later offers carry the selected
@@ -1018,15 +1057,22 @@ class Call:
         sdp = self._local_description(direction=self._offered_direction(),
                                       answer_to=self.negotiated, ice=self.negotiated.ice,
                                       updated=settled, remote_candidates=settled, as_offer=True)
-        return self._send_offer(sdp, "INVITE")
+        return self._send_offer(sdp, "INVITE", self._reoffer, done)
 
-    def _send_offer(self, sdp: bytes, method: str) -> Deferred[bool]:
+    def _send_offer(self, sdp: bytes, method: str,
+                    again: Callable[[_Latch], object] | None = None,
+                    done: _Latch | None = None) -> Deferred[bool]:
+        """Send an offer by ``method``; ``again(latch)`` sends it anew after a 491 (None: not
+        retried), and ``done`` is the latch of the offer being retried (None for a new one)."""
         session = self.session
         assert session is not None
         if not session.can_offer():
             return defer.fail(CallError("an offer is already outstanding"))
-        done = _Latch()
+        if done is None:
+            done = _Latch()
+            self._glare_retries = 0
         self._offer_done = done
+        self._offer_again = again
         now = self._now()
         if method == "UPDATE":
             session.update(sdp, now)
@@ -1061,6 +1107,9 @@ class Call:
             self._answered.fail(failure)
         if not self._flowing.called:
             self._flowing.fail(failure)
+        if self._glare_timer is not None and self._glare_timer.active():
+            self._glare_timer.cancel()
+        self._glare_timer = None
         if self._offer_done is not None and not self._offer_done.called:
             self._offer_done.fire(False)
         self._final_stats = self._stats_now()

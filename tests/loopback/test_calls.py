@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer, task
 from twisted.internet import reactor as global_reactor
-from twisted.internet import task
 
 from ice.server_udp import listen_stun
 from media.sinks import MemorySink, dominant_frequency
@@ -309,6 +309,27 @@ async def test_hold_and_resume_by_reinvite() -> None:
         assert other.stream.stats().session.outbound.packets_sent > sent + 20
         assert abs(tone_of(heard_by_alice) - B_TONE) < 5
         assert abs(tone_of(heard_by_bob) - A_TONE) < 5
+    finally:
+        await stop(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_crossing_reinvites_are_both_retried_after_491() -> None:
+    """Glare: both sides put the call on hold in the same instant; their re-INVITEs cross and
+    each is refused with 491. Each side offers again after its RFC 3261 §14.1 wait (the
+    Call-ID owner 2.1-4 s, the other 0-2 s) and both holds succeed."""
+    alice, bob = await pair()
+    try:
+        call, other, _heard_by_alice, _heard_by_bob = await connected(alice, bob)
+        mine, theirs = call.hold(), other.hold()
+        assert call._glare_retries == 0
+        results = await defer.gatherResults([mine, theirs])
+        assert results == [True, True]
+        assert call._glare_retries == 1 and other._glare_retries == 1
+        assert call.stream is not None and other.stream is not None
+        assert call.stream.held and other.stream.held
+        assert call.negotiated is not None and other.negotiated is not None
+        assert "inactive" in (call.negotiated.directions + other.negotiated.directions)
     finally:
         await stop(alice, bob)
 
