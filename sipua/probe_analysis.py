@@ -441,6 +441,7 @@ def _answer(sdp: bytes | str | None, step: str) -> list[Finding]:
         for key, question in (("ice.lite", "ICE lite (a=ice-lite)"),
                               ("candidates", "candidates offered"),
                               ("ice.options", "a=ice-options"),
+                              ("ice.pacing", "a=ice-pacing (RFC 8839 §5.5)"),
                               ("credentials", "ufrag and pwd long enough (RFC 8839 §5.4)"),
                               ("default_candidate", "c=/m= is one of the candidates"),
                               ("end_of_candidates", "a=end-of-candidates")):
@@ -459,6 +460,9 @@ def _answer(sdp: bytes | str | None, step: str) -> list[Finding]:
         out.append(f("ice.options", "a=ice-options (ice2, trickle)",
                      "yes" if options else "no", options,
                      [x for x in lines if x.startswith("a=ice-options")]))
+        out.append(f("ice.pacing", "a=ice-pacing (RFC 8839 §5.5)",
+                     "yes" if ice.pacing else "no", ice.pacing,
+                     [x for x in lines if x.startswith("a=ice-pacing")]))
         ufrag, pwd = _raw_credentials(text) or (ice.ufrag, ice.pwd)
         ok = len(ufrag) >= 4 and len(pwd) >= 22
         out.append(f("credentials", "ufrag and pwd long enough (RFC 8839 §5.4)",

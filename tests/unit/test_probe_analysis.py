@@ -121,11 +121,12 @@ def check(at: float, tid: int, *, role: str = "controlled", use: bool = False,
 
 def test_full_agent_answer_with_mux_and_options() -> None:
     """A full agent's answer: ICE yes ("full"), host and srflx on component 1, rtcp-mux,
-    ice2 in a=ice-options, long enough credentials, c=/m= on a candidate, end-of-candidates."""
+    ice2 in a=ice-options, its a=ice-pacing, long enough credentials, c=/m= on a candidate,
+    end-of-candidates."""
     answer = sdp(candidates="a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\n"
                             "a=candidate:2 1 udp 1694498815 192.0.2.1 50000 typ srflx "
                             "raddr 127.0.0.1 rport 50000",
-                 extra="a=ice-options:ice2\na=end-of-candidates")
+                 extra="a=ice-options:ice2\na=ice-pacing:25\na=end-of-candidates")
     found = analyze_answer(answer)
     assert one(found, "ice").status == "yes" and one(found, "ice").value == "full"
     assert one(found, "ice.lite").status == "no"
@@ -133,6 +134,7 @@ def test_full_agent_answer_with_mux_and_options() -> None:
     assert one(found, "rtcp_mux").status == "yes"
     assert one(found, "a_rtcp").status == "n/a"
     assert one(found, "ice.options").value == ["ice2"]
+    assert one(found, "ice.pacing").status == "yes" and one(found, "ice.pacing").value == 25
     assert one(found, "credentials").status == "yes"
     assert one(found, "credentials").value == {"ufrag": 9, "pwd": 24}
     assert one(found, "default_candidate").status == "yes"
@@ -152,6 +154,7 @@ def test_lite_two_component_answer_and_short_credentials() -> None:
         "127.0.0.1:50001"
     assert one(found, "credentials").status == "no"
     assert one(found, "ice.options").status == "no"
+    assert one(found, "ice.pacing").status == "no"
     assert one(found, "end_of_candidates").status == "no"
 
 
