@@ -27,7 +27,6 @@ import json
 import queue
 import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -174,77 +173,6 @@ def _peer(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- the driver
 
 
-class Proc:
-    """A peer process in a lab host whose JSON lines a thread collects."""
-
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(argv, cwd=str(ROOT), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self.lines: list[dict[str, Any]] = []
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                record = json.loads(line)
-                self.lines.append(record)
-                self.events.put(record)
-        self.events.put({"event": "exit"})
-
-    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                record = self.events.get(timeout=left)
-            except queue.Empty:
-                break
-            if record["event"] == event:
-                return record
-            if record["event"] in ("exit", "error"):
-                raise RuntimeError(f"peer ended: {record}")
-        raise RuntimeError(f"no {event} within {timeout} s")
-
-    def wait_for_any(self, events: tuple[str, ...], timeout: float) -> dict[str, Any]:
-        """The next line whose kind is one of ``events``."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                record = self.events.get(timeout=left)
-            except queue.Empty:
-                break
-            if record["event"] in events:
-                return record
-            if record["event"] in ("exit", "error"):
-                raise RuntimeError(f"peer ended: {record}")
-        raise RuntimeError(f"none of {events} within {timeout} s")
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                if self.proc.stdin is not None:
-                    self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-        self._log.close()
-
-
 def percentile(values: list[float], share: float) -> float | None:
     """The ``share`` quantile (nearest rank) of ``values``."""
     if not values:
@@ -256,30 +184,32 @@ def percentile(values: list[float], share: float) -> float | None:
 def run_rate(loss: float, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """N calls in one lab at ``loss`` %; the per-call outcomes and their summary."""
     from sipua.lab.lab import Lab, teardown
+    from sipua.lab.sipua_peer import JsonProcess
     from tests.lab.conftest import unique_name
-    from tests.support.ice_lab import in_host
 
     name = unique_name()
     lab = Lab.up("prc-prc", name, servers=True, loss_pct=loss)
-    procs: list[Proc] = []
-    try:
+    procs: list[JsonProcess] = []
+
+    def peer(host: str, role: str, *extra: str) -> JsonProcess:
+        """This file as the ``role`` peer in lab host ``host``; it reads commands on stdin."""
         me = ["python3", str(Path(__file__).resolve()), "--timeout", str(args.timeout)]
-        callee = Proc(in_host(lab, "b", [*me, "--role", "callee", "--listen",
-                                         lab.hosts["b"].address]), logs / f"{loss:g}-bob.log")
-        procs.append(callee)
-        callee.wait_for("ready", 60)
-        caller = Proc(in_host(lab, "a", [*me, "--role", "caller", "--listen",
-                                         lab.hosts["a"].address, "--talk", str(args.talk)]),
-                      logs / f"{loss:g}-alice.log")
-        procs.append(caller)
-        caller.wait_for("ready", 60)
+        user = "alice" if role == "caller" else "bob"
+        proc = JsonProcess([*me, "--role", role, "--listen", lab.hosts[host].address, *extra],
+                           lab=lab, host=host, cwd=ROOT, log=logs / f"{loss:g}-{user}.log",
+                           stdin=True)
+        proc.what = user
+        procs.append(proc)
+        proc.wait_for("ready", 60)
+        return proc
+
+    try:
+        peer("b", "callee")
+        caller = peer("a", "caller", "--talk", str(args.talk))
         for index in range(1, args.calls + 1):
             caller.send("call")
             # The next call once this one's outcome is known and it had time to hang up.
-            while True:
-                record = caller.wait_for_any(("flowing", "failed"), args.timeout + 30)
-                if record.get("index") == index:
-                    break
+            record = caller.wait_for(("flowing", "failed"), args.timeout + 30, index=index)
             time.sleep(args.talk + args.gap)
             if not args.json:
                 print(f"  loss {loss:g}%: call {index}/{args.calls} {record['event']}",
@@ -287,7 +217,7 @@ def run_rate(loss: float, args: argparse.Namespace, logs: Path) -> dict[str, Any
         time.sleep(args.timeout if any(r["event"] == "failed" for r in caller.lines) else 2)
     finally:
         for proc in reversed(procs):
-            proc.stop()
+            proc.stop(timeout=10)
         teardown(name)
     return summarise(loss, args, procs[1].lines if len(procs) > 1 else [], procs[0].lines)
 

@@ -70,6 +70,13 @@ class CoreDriver(Generic[T, E]):
         """
         if self._stopped:
             return
+        self._flush()
+        # A handler may have stopped the driver meanwhile: a stopped driver arms no timer.
+        if not self._stopped:
+            self._rearm()
+
+    def _flush(self) -> None:
+        """Send every queued transmit and deliver every queued event, until both are empty."""
         progressed = True
         while progressed:
             progressed = False
@@ -85,7 +92,6 @@ class CoreDriver(Generic[T, E]):
                     self._on_event(event)
                 except Exception:
                     log.exception("event handler failed for %r", event)
-        self._rearm()
 
     def _rearm(self) -> None:
         deadline = self.core.next_timer()
@@ -110,11 +116,22 @@ class CoreDriver(Generic[T, E]):
         self.poke()
 
     def stop(self) -> None:
-        """Cancel the timer; later pokes do nothing."""
+        """Send what the core queued in this turn, deliver its last events, cancel the timer;
+        later pokes do nothing.
+
+        The flush matters when the stop comes from inside an event handler, before the driver's
+        own loop got to the transmits: the 200 OK to the BYE that ended the last call, or the
+        TURN deallocations an agent queued on close, must leave before the owner closes its
+        sockets. A second stop does nothing.
+        """
+        if self._stopped:
+            return
         self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._deadline = None
+        self._flush()
 
     def __repr__(self) -> str:
         return f"<CoreDriver {self.core!r} deadline={self._deadline}>"

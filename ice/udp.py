@@ -188,9 +188,9 @@ class IceUdpTransport:
             self._ports.pop(base).stopListening()
 
     def close(self) -> None:
-        """Release TURN allocations (their requests go out now), then close every socket."""
+        """Release TURN allocations (the driver's stop sends their requests), then close every
+        socket."""
         self.agent.close(self.now())
-        self.driver.poke()
         self.driver.stop()
         for port in self._ports.values():
             port.stopListening()

@@ -423,10 +423,7 @@ class SipTransport:
 
     def stop(self) -> defer.Deferred[None]:
         """Stop listening, close every connection and the timers; fires when all are closed."""
-        # What the layer queued in this very turn goes out first: e.g. the 200 OK to the BYE
-        # whose arrival ended the last call and led to this stop().
-        for transmit in self.layer.pop_transmits():
-            self._send(transmit)
+        # The driver sends what the layer queued in this very turn before the sockets close.
         self.driver.stop()
         self.layer.close()
         waits: list[defer.Deferred[Any]] = []

@@ -38,6 +38,7 @@ __all__ = [
     "ROOT",
     "Answerer",
     "Caller",
+    "JsonProcess",
     "account_args",
     "call_argv",
     "clean_env",
@@ -157,16 +158,33 @@ def call_argv(uri: str, user: str, *, duration: float, timeout: float,
             "--timeout", str(timeout), *extra]
 
 
-class _JsonProcess:
-    """A sipua command running on a lab host; its JSON lines collected as they come."""
+class JsonProcess:
+    """A child process that prints JSON lines (a `sipua` command, a lab peer script), in a
+    lab host or on this machine; threads collect its lines and its stderr as they come, so
+    that a test or a benchmark can wait for an event while the child runs on.
+
+    ``argv`` runs in lab host ``host`` when one is given (with this source tree importable,
+    :func:`in_host`), else as it is. ``env`` is the child's whole environment (None: this
+    process's). ``log`` also keeps the child's stderr in a file. With ``stdin`` the child
+    reads lines from :meth:`send`, and closing its stdin is the request to end (:meth:`stop`).
+    """
 
     #: What the process is, in error messages.
-    what = "sipua"
+    what = "process"
 
-    def __init__(self, lab: Lab, host: str, argv: Sequence[str], *,
-                 env: Mapping[str, str]) -> None:
-        self.proc = subprocess.Popen(in_host(lab, host, argv), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=dict(env))
+    def __init__(self, argv: Sequence[str], *, lab: Lab | None = None,
+                 host: str | None = None, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None, log: Path | None = None,
+                 stdin: bool = False) -> None:
+        if host is not None:
+            if lab is None:
+                raise ValueError("a lab host needs its lab")
+            argv = in_host(lab, host, argv)
+        self._log = log.open("w") if log is not None else None
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE if stdin else None,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=None if env is None else dict(env),
+                                     cwd=None if cwd is None else str(cwd))
         self.lines: list[dict[str, Any]] = []
         self.stderr = ""
         self._cond = threading.Condition()
@@ -182,48 +200,97 @@ class _JsonProcess:
             with self._cond:
                 self.lines.extend(parsed)
                 self._cond.notify_all()
+        with self._cond:  # the end of the output: waiters stop waiting
+            self._cond.notify_all()
 
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr += line
+            if self._log is not None:
+                self._log.write(line)
+                self._log.flush()
 
-    def wait_for(self, event: str, timeout: float = 15.0, count: int = 1) -> dict[str, Any]:
-        """The ``count``-th line of event ``event``; AssertionError after ``timeout`` s or
-        when the process ended without it."""
+    def found(self, event: str | tuple[str, ...], **match: Any) -> list[dict[str, Any]]:
+        """The lines so far of kind ``event`` (or of one of the kinds) whose fields equal
+        ``match``."""
+        kinds = (event,) if isinstance(event, str) else event
+        with self._cond:
+            return [line for line in self.lines if line.get("event") in kinds
+                    and all(line.get(k) == v for k, v in match.items())]
+
+    def last(self, event: str) -> dict[str, Any]:
+        """The last line of kind ``event``; AssertionError when there is none."""
+        found = self.found(event)
+        assert found, f"{self.what}: no {event} line; last lines: {self.lines[-5:]}"
+        return found[-1]
+
+    def wait_for(self, event: str | tuple[str, ...], timeout: float = 15.0, count: int = 1,
+                 **match: Any) -> dict[str, Any]:
+        """The ``count``-th line of kind ``event`` (or of one of the kinds) whose fields equal
+        ``match``; AssertionError after ``timeout`` s or when the process ended without it."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                found = [line for line in self.lines if line.get("event") == event]
+                found = self.found(event, **match)
                 if len(found) >= count:
                     return found[count - 1]
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._out.is_alive()):
-                    raise AssertionError(f"{self.what}: no {event} (#{count}); stderr:\n"
-                                         f"{self.stderr[-2000:]}")
+                    if self.proc.poll() is not None:
+                        self._err.join(timeout=1)  # its last words, for the message
+                    raise AssertionError(
+                        f"{self.what}: no {event} (#{count}{self._matching(match)}); "
+                        f"last lines: {self.lines[-5:]}; stderr:\n{self.tail()}")
                 self._cond.wait(min(left, 0.2))
+
+    @staticmethod
+    def _matching(match: Mapping[str, Any]) -> str:
+        return "".join(f", {k}={v!r}" for k, v in match.items())
+
+    def tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of its stderr."""
+        return "\n".join(self.stderr.splitlines()[-lines:])
+
+    def send(self, line: str) -> None:
+        """One line on its stdin (started with ``stdin=True``)."""
+        assert self.proc.stdin is not None, "started without stdin"
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     def finish(self, timeout: float = 30.0) -> int:
         """Wait for it to exit; returns the exit code."""
         code = self.proc.wait(timeout=timeout)
-        self._out.join(timeout=5)
-        self._err.join(timeout=5)
+        self._join()
         return code
 
-    def stop(self) -> None:
-        """End it by PID if still running."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """End it if still running: closing its stdin (when it reads one) asks it to, then
+        SIGTERM and last SIGKILL, each after ``timeout`` s; by PID."""
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        self._join()
+
+    def _join(self) -> None:
         self._out.join(timeout=5)
         self._err.join(timeout=5)
+        if self._log is not None and not self._err.is_alive():
+            self._log.close()
+            self._log = None
 
 
-class Answerer(_JsonProcess):
+class Answerer(JsonProcess):
     """`sipua answer` running on a lab host, registered; its output collected as it comes."""
 
     what = "answerer"
@@ -233,14 +300,14 @@ class Answerer(_JsonProcess):
         argv = [sys.executable, "-m", "sipua", "answer", "--listen", "0.0.0.0:5060",
                 *account_args(user), *MEDIA_SERVER_ARGS, "--json", "--max-calls",
                 str(max_calls), "--timeout", str(timeout), *extra]
-        super().__init__(lab, host, argv, env=env)
+        super().__init__(argv, lab=lab, host=host, env=env)
 
     def registered(self, timeout: float = 15.0) -> None:
         """Wait until it has registered."""
         self.wait_for("Registered", timeout)
 
 
-class Caller(_JsonProcess):
+class Caller(JsonProcess):
     """`sipua call URI` running on a lab host (registered first), in the background: it hangs
     up by itself after ``duration`` seconds of media."""
 
@@ -249,8 +316,8 @@ class Caller(_JsonProcess):
     def __init__(self, lab: Lab, host: str, user: str, uri: str, *, env: Mapping[str, str],
                  extra: Sequence[str] = (), duration: float = 2.0,
                  timeout: float = 15.0) -> None:
-        super().__init__(lab, host, call_argv(uri, user, duration=duration, timeout=timeout,
-                                              extra=extra), env=env)
+        super().__init__(call_argv(uri, user, duration=duration, timeout=timeout, extra=extra),
+                         lab=lab, host=host, env=env)
 
 
 def run_call(lab: Lab, host: str, user: str, uri: str, *, env: Mapping[str, str],

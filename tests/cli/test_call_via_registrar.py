@@ -7,50 +7,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from media.sinks import dominant_frequency
-from tests.cli.test_call_cli import _env
+from tests.cli.conftest import StartRegistrar
+from tests.cli.test_call_cli import _env, _lines, _tone
 
 SIPUA = [sys.executable, "-m", "sipua"]
 
 
-@pytest.fixture
-def registrar(tmp_path: Path) -> Iterator[str]:
-    """``sipua registrar`` for example.org with alice and bob, on a free UDP port."""
-    users = tmp_path / "users"
-    users.write_text("alice:alicepw\nbob:bobpw\n")
-    proc = subprocess.Popen([*SIPUA, "registrar", "--listen", "127.0.0.1:0", "--users",
-                             str(users), "--domain", "example.org"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    try:
-        yield line.split("udp ")[1].split(",")[0]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def _tone(path: Path) -> float:
-    with wave.open(str(path)) as wav:
-        frames = wav.readframes(wav.getnframes())
-    return dominant_frequency(frames[-8000:], max_seconds=0.5)
-
-
-def test_call_and_answer_through_sipua_registrar(tmp_path: Path, registrar: str) -> None:
+def test_call_and_answer_through_sipua_registrar(tmp_path: Path,
+                                                 start_registrar: StartRegistrar) -> None:
     """bob answers once registered; alice calls his address-of-record: both exit 0, both
     registered first, and each recording holds the other side's tone."""
+    registrar = start_registrar({"alice": "alicepw", "bob": "bobpw"})
     answer = subprocess.Popen(
         [*SIPUA, "answer", "--listen", "127.0.0.1:0", "--user", "sip:bob@example.org",
          "--password", "bobpw", "--registrar", registrar, "--max-calls", "1", "--json",

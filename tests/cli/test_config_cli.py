@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cli.conftest import StartRegistrar
 
 SIPUA = [sys.executable, "-m", "sipua"]
 #: Every command that reads the configuration, with arguments that would otherwise run it.
@@ -136,27 +137,11 @@ def test_precedence_file_then_set_then_flags(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.fixture
-def registrar(tmp_path: Path) -> Iterator[str]:
-    """``sipua registrar`` for example.org on a free port."""
-    users = tmp_path / "users"
-    users.write_text("alice:alicepw\n")
-    proc = subprocess.Popen([*SIPUA, "registrar", "--listen", "127.0.0.1:0", "--users",
-                             str(users), "--domain", "example.org"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    try:
-        yield line.split("udp ")[1].split(",")[0]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_register_takes_the_account_from_the_config(tmp_path: Path, registrar: str) -> None:
+def test_register_takes_the_account_from_the_config(tmp_path: Path,
+                                                    start_registrar: StartRegistrar) -> None:
     """`sipua register --config alice.toml` registers the file's account (uri, password,
     registrar) without --user; the password may come from SIPUA_ACCOUNTS__ALICE__PASSWORD."""
+    registrar = start_registrar({"alice": "alicepw"})
     config = tmp_path / "alice.toml"
     config.write_text(f'[[accounts]]\nname = "alice"\nuri = "sip:alice@example.org"\n'
                       f'registrar = "{registrar}"\n')

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,10 +28,9 @@ import pytest
 
 from sipua.lab.lab import SERVER_ADDRESS, Lab, teardown
 from sipua.lab.probe import Endpoint
+from sipua.lab.sipua_peer import ROOT, JsonProcess
 from sipua.lab.topology import PUBLIC_HOST
 from tests.lab.conftest import have_nfqueue, have_servers, unique_name
-from tests.support.ice_lab import in_host
-from tests.support.peers import ROOT
 
 pytestmark = [pytest.mark.lab]
 
@@ -42,6 +39,8 @@ needs_nfqueue = pytest.mark.skipif(not have_nfqueue(), reason="NetfilterQueue is
 
 A_TONE, B_TONE = 440.0, 660.0
 B_PUB = PUBLIC_HOST["b"]
+#: The call peer (tests/support/fault_lab_peer.py), run in a lab host.
+PEER = ["python3", "-m", "tests.support.fault_lab_peer"]
 
 
 # ------------------------------------------------------------------------- helpers
@@ -67,91 +66,42 @@ def fault_lab(topology: str, **options: Any) -> Iterator[Lab]:
     assert namespaces_of(name) == [], namespaces_of(name)
 
 
-class Peer:
-    """One fault_lab_peer process in a lab host; a thread collects its JSON lines."""
+class Peer(JsonProcess):
+    """One fault_lab_peer process in a lab host; its stderr goes to ``log``."""
+
+    what = "peer"
 
     def __init__(self, lab: Lab, host: str, args: list[str], log: Path) -> None:
-        argv = in_host(lab, host, ["python3", "-m", "tests.support.fault_lab_peer",
-                                   "--listen", lab.hosts[host].address, *args])
-        self.log = log
-        self._stderr = log.open("w")
-        self.proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=subprocess.PIPE,
-                                     stderr=self._stderr, text=True)
-        self.lines: list[dict[str, Any]] = []
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__([*PEER, "--listen", lab.hosts[host].address, *args], lab=lab,
+                         host=host, cwd=ROOT, log=log)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                record = json.loads(line)
-                self.lines.append(record)
-                self._queue.put(record)
-        self._queue.put({"event": "exit"})
-
-    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
-        """The next line of kind ``event``; fails if the process ends first."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                record = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if record["event"] == event:
-                return record
-            if record["event"] in ("exit", "error"):
-                break
-        raise AssertionError(f"no {event!r} from the peer: {self.lines[-5:]}\n{self.tail()}")
-
-    def finish(self, timeout: float) -> list[dict[str, Any]]:
-        """Wait for a clean exit (code 0, nothing left behind); every line printed."""
-        self.proc.wait(timeout=timeout)
-        self._reader.join(5)
-        self._stderr.close()
-        assert self.proc.returncode == 0, (self.proc.returncode, self.lines[-5:], self.tail())
-        leaks = self.one("leaks")
-        assert leaks["sockets"] == 0 and not leaks["readers"] and not leaks["writers"], leaks
-        assert leaks["delayed_calls"] == [], leaks
+    def done(self, timeout: float, *, leaks: bool = True) -> list[dict[str, Any]]:
+        """Wait for a clean exit (code 0 and, with ``leaks``, nothing left behind); every
+        line printed."""
+        code = self.finish(timeout)
+        assert code == 0, (code, self.lines[-5:], self.tail())
+        if leaks:
+            left = self.last("leaks")
+            assert left["sockets"] == 0 and not left["readers"] and not left["writers"], left
+            assert left["delayed_calls"] == [], left
         return self.lines
-
-    def one(self, event: str) -> dict[str, Any]:
-        """The last line of kind ``event``."""
-        found = [line for line in self.lines if line["event"] == event]
-        assert found, (event, self.lines[-5:])
-        return found[-1]
-
-    def all(self, event: str, **match: Any) -> list[dict[str, Any]]:
-        """Every line of kind ``event`` whose fields equal ``match``."""
-        return [line for line in self.lines if line["event"] == event
-                and all(line.get(k) == v for k, v in match.items())]
-
-    def tail(self) -> str:
-        if not self._stderr.closed:
-            self._stderr.flush()
-        return "\n".join(self.log.read_text().splitlines()[-30:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if not self._stderr.closed:
-            self._stderr.close()
 
 
 @contextmanager
 def peers(lab: Lab, tmp_path: Path, alice_args: list[str], bob_args: list[str],
-          *, start_alice: bool = True) -> Iterator[tuple[Peer | None, Peer]]:
+          *, start_alice: bool = True, seconds: bool = True,
+          ) -> Iterator[tuple[Peer | None, Peer]]:
     """bob answers on b; once he is registered, alice (a) calls him (unless not
-    ``start_alice``: the test starts her itself)."""
-    bob = Peer(lab, "b", ["--user", "bob", "--tone", str(B_TONE), "--answer", *bob_args],
-               tmp_path / "bob.log")
+    ``start_alice``: the test starts her itself). With ``seconds`` both report once a second
+    what they hear."""
+    monitor = ["--seconds"] if seconds else []
+    bob = Peer(lab, "b", ["--user", "bob", "--tone", str(B_TONE), "--answer", *monitor,
+                          *bob_args], tmp_path / "bob.log")
     alice: Peer | None = None
     try:
         bob.wait_for("ready", 30)
         if start_alice:
-            alice = start_caller(lab, tmp_path, alice_args)
+            alice = start_caller(lab, tmp_path, [*monitor, *alice_args])
         yield alice, bob
     finally:
         bob.stop()
@@ -167,7 +117,7 @@ def start_caller(lab: Lab, tmp_path: Path, args: list[str]) -> Peer:
 
 def heard(peer: Peer, start: float, end: float) -> list[dict[str, Any]]:
     """The once-a-second reports with a wall clock in [start, end)."""
-    return [s for s in peer.all("second") if start <= s["wall"] < end]
+    return [s for s in peer.found("second") if start <= s["wall"] < end]
 
 
 def tone_heard(seconds: list[dict[str, Any]], tone: float, *, share: float = 0.8) -> bool:
@@ -179,7 +129,7 @@ def tone_heard(seconds: list[dict[str, Any]], tone: float, *, share: float = 0.8
 
 def report(peer: Peer) -> dict[str, Any]:
     """The media report of the call."""
-    media: dict[str, Any] = peer.one("summary")["report"]["media"]
+    media: dict[str, Any] = peer.last("summary")["report"]["media"]
     return media
 
 
@@ -259,17 +209,17 @@ def test_call_survives_30_percent_loss(tmp_path: Path) -> None:
     with (fault_lab("prc-prc", servers=True, loss_pct=30) as lab,
           peers(lab, tmp_path, ["--talk", "8", *slow], slow) as (alice, bob)):
         assert alice is not None
-        alice.finish(90)
-        bob.finish(30)
+        alice.done(90)
+        bob.done(30)
     for peer, tone in ((alice, B_TONE), (bob, A_TONE)):
-        seconds = peer.all("second")[1:]  # the first second includes the buffer's start
+        seconds = peer.found("second")[1:]  # the first second includes the buffer's start
         assert len(seconds) >= 5, seconds
         assert tone_heard(seconds, tone, share=0.7), [(s["tone"], s["heard_hz"]) for s in seconds]
         inbound = report(peer)["session"]["inbound"]
         lost, received = inbound["packetsLost"], inbound["packetsReceived"]
         assert 0.15 < lost / (lost + received) < 0.45, inbound
-    assert alice.one("ended")["end_reason"] == "hangup"
-    assert bob.one("ended")["ended_by"] == "remote"
+    assert alice.last("ended")["end_reason"] == "hangup"
+    assert bob.last("ended")["ended_by"] == "remote"
 
 
 @needs_servers
@@ -281,10 +231,10 @@ def test_call_with_reordering_and_duplication(tmp_path: Path) -> None:
     with (fault_lab("prc-prc", servers=True, reorder_pct=20, duplicate_pct=10) as lab,
           peers(lab, tmp_path, ["--talk", "6"], []) as (alice, bob)):
         assert alice is not None
-        alice.finish(60)
-        bob.finish(30)
+        alice.done(60)
+        bob.done(30)
     for peer, tone in ((alice, B_TONE), (bob, A_TONE)):
-        seconds = peer.all("second")[1:]
+        seconds = peer.found("second")[1:]
         assert tone_heard(seconds, tone, share=0.9), [(s["tone"], s["heard_hz"]) for s in seconds]
         media = report(peer)["session"]
         buffer = media["jitterBuffer"]
@@ -308,8 +258,8 @@ def _link_down_call(lab: Lab, tmp_path: Path, alice_args: list[str], bob_args: l
         time.sleep(10)
         restored = time.time()
         lab.link("b", True)
-        alice.finish(60)
-        bob.finish(30)
+        alice.done(60)
+        bob.done(30)
     return alice, bob, cut, restored
 
 
@@ -324,10 +274,10 @@ def test_link_down_10_s_recovers(tmp_path: Path) -> None:
         during = heard(peer, cut + 1.5, restored)
         assert len(during) >= 7, (who, during)
         assert during[-1]["rtp_received"] - during[0]["rtp_received"] <= 2, (who, during)
-        refreshed = peer.all("ice", type="ConsentRefreshed")
+        refreshed = peer.found("ice", type="ConsentRefreshed")
         assert not [e for e in refreshed if cut + 1 < e["wall"] < restored], who
         assert [e for e in refreshed if e["wall"] > restored], (who, "no consent after")
-        assert not peer.all("ice", type="ConsentLost"), who
+        assert not peer.found("ice", type="ConsentLost"), who
         after = heard(peer, restored + 2.0, restored + 8.0)
         assert len(after) >= 4, (who, after)
         assert after[-1]["rtp_received"] - after[0]["rtp_received"] > 100, (who, after)
@@ -335,9 +285,9 @@ def test_link_down_10_s_recovers(tmp_path: Path) -> None:
         before = heard(peer, cut - 2.5, cut)
         assert before and {s["selected"] for s in before + after} == {before[0]["selected"]}, \
             (who, before, after)
-        assert not peer.all("ice", type="IceRestarted"), who
-    assert alice.one("ended")["end_reason"] == "hangup"
-    assert bob.one("ended")["ended_by"] == "remote"
+        assert not peer.found("ice", type="IceRestarted"), who
+    assert alice.last("ended")["end_reason"] == "hangup"
+    assert bob.last("ended")["ended_by"] == "remote"
 
 
 @needs_servers
@@ -350,10 +300,10 @@ def test_link_down_with_5_s_consent_ends_cleanly(tmp_path: Path) -> None:
         alice, bob, cut, restored = _link_down_call(lab, tmp_path, ["--talk", "60", *consent],
                                                     consent)
     for peer, who in ((alice, "alice"), (bob, "bob")):
-        lost = peer.all("ice", type="ConsentLost")
+        lost = peer.found("ice", type="ConsentLost")
         assert len(lost) == 1, (who, lost)
         assert cut + 4 < lost[0]["wall"] < cut + 7.5, (who, lost[0]["wall"] - cut)
-        ended = peer.one("ended")
+        ended = peer.last("ended")
         assert "consent lost" in ended["end_reason"], (who, ended)
         assert ended["ended_by"] == "local", (who, ended)
         assert ended["wall"] < restored, (who, ended)
@@ -369,18 +319,18 @@ def test_registrar_restart(tmp_path: Path) -> None:
         first = bob.wait_for("registered", 10)
         restarted_at = time.time()
         lab.restart_server("kamailio")
-        again = bob.wait_for("registered", first["expires"] + 15)
+        again = bob.wait_for("registered", first["expires"] + 15, count=2)
         assert again["wall"] > restarted_at, (first, again, restarted_at)
-        alice = start_caller(lab, tmp_path, ["--talk", "5"])
+        alice = start_caller(lab, tmp_path, ["--seconds", "--talk", "5"])
         try:
-            alice.finish(60)
+            alice.done(60)
         finally:
             alice.stop()
-        bob.finish(30)
-    assert not bob.all("registration-failed"), bob.all("registration-failed")
-    assert tone_heard(alice.all("second")[1:], B_TONE)
-    assert tone_heard(bob.all("second")[1:], A_TONE)
-    assert alice.one("ended")["end_reason"] == "hangup"
+        bob.done(30)
+    assert not bob.found("registration-failed"), bob.found("registration-failed")
+    assert tone_heard(alice.found("second")[1:], B_TONE)
+    assert tone_heard(bob.found("second")[1:], A_TONE)
+    assert alice.last("ended")["end_reason"] == "hangup"
 
 
 @needs_servers
@@ -392,13 +342,13 @@ def test_turn_allocation_refreshed_during_call(tmp_path: Path) -> None:
     with (fault_lab("sym-sym", servers=True, turn_lifetime=20) as lab,
           peers(lab, tmp_path, ["--talk", "26", "--turn"], ["--turn"]) as (alice, bob)):
         assert alice is not None
-        alice.finish(90)
-        bob.finish(30)
+        alice.done(90)
+        bob.done(30)
     for peer, tone, who in ((alice, B_TONE, "alice"), (bob, A_TONE, "bob")):
-        refreshes = peer.all("turn-refreshed")
+        refreshes = peer.found("turn-refreshed")
         assert len(refreshes) >= 2 and all(r["lifetime"] <= 20 for r in refreshes), \
             (who, refreshes)
-        seconds = peer.all("second")[1:]
+        seconds = peer.found("second")[1:]
         assert len(seconds) >= 20, (who, len(seconds))
         assert "relay" in seconds[-1]["selected"], (who, seconds[-1])
         steps = [b["rtp_received"] - a["rtp_received"] for a, b in itertools.pairwise(seconds)]
@@ -421,10 +371,10 @@ def test_peer_crash_ends_call_by_consent(tmp_path: Path) -> None:
         lab.kill(bob.proc.pid)
         bob.proc.wait(5)
         assert bob.proc.returncode == -9
-        alice.finish(60)
-    lost = alice.all("ice", type="ConsentLost")
+        alice.done(60)
+    lost = alice.found("ice", type="ConsentLost")
     assert len(lost) == 1, lost
     assert lost[0]["wall"] - killed < 31, lost[0]["wall"] - killed
-    ended = alice.one("ended")
+    ended = alice.last("ended")
     assert "consent lost" in ended["end_reason"] and ended["ended_by"] == "local", ended
     assert ended["wall"] - killed < 32, ended["wall"] - killed

@@ -1,7 +1,7 @@
 """Audio through real NATs: alice on host a and bob on host b, both behind port-restricted NATs,
 register with the lab's Kamailio, and alice calls bob by address-of-record; ICE finds the path
 with the lab's coturn for STUN. Each side plays a tone (alice 440 Hz, bob 660 Hz) and records
-what it hears (``tests/support/media_lab_peer.py``).
+what it hears (``tests/support/fault_lab_peer.py``, started as the fault tests start it).
 
 - With 5 % loss and 30 ms delay each way, each side still hears the other's tone: the jitter
   buffer conceals the lost frames.
@@ -12,8 +12,6 @@ what it hears (``tests/support/media_lab_peer.py``).
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,7 @@ import pytest
 
 from sipua.lab.lab import Lab
 from tests.lab.conftest import have_nfqueue, have_servers
-from tests.support.ice_lab import in_host
-from tests.support.peers import ROOT
+from tests.lab.test_faults_lab import peers
 
 pytestmark = [
     pytest.mark.lab,
@@ -35,75 +32,14 @@ TOLERANCE = 5.0
 """Hz: G.711, concealment and the estimator leave a clean tone within a hertz or two."""
 
 
-class Peer:
-    """One media_lab_peer process in a lab host, its JSON lines collected as it runs."""
-
-    def __init__(self, lab: Lab, host: str, args: list[str], log: Path) -> None:
-        argv = in_host(lab, host, ["python3", "-m", "tests.support.media_lab_peer",
-                                   "--listen", lab.hosts[host].address, *args])
-        self.stderr = log.open("w")
-        self.proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True)
-        self.lines: list[dict[str, Any]] = []
-        self.log = log
-
-    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
-        """Read lines until ``event`` (the process must not end first)."""
-        import selectors
-        import time
-
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not sel.select(timeout=deadline - time.monotonic()):
-                    break
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                record = json.loads(line)
-                self.lines.append(record)
-                if record["event"] == event:
-                    return record
-        raise AssertionError(f"no {event!r} from the peer: {self.lines[-5:]}\n{self.tail()}")
-
-    def finish(self, timeout: float) -> list[dict[str, Any]]:
-        """Wait for the exit; every line printed."""
-        out, _ = self.proc.communicate(timeout=timeout)
-        self.lines += [json.loads(line) for line in out.splitlines() if line.strip()]
-        self.stderr.close()
-        assert self.proc.returncode == 0, (self.lines[-5:], self.tail())
-        return self.lines
-
-    def tail(self) -> str:
-        self.stderr.flush()
-        return "\n".join(self.log.read_text().splitlines()[-30:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.stderr.close()
-
-
 def call(lab: Lab, tmp_path: Path, caller_args: list[str], timeout: float
          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """bob answers on b, alice calls him from a; both peers' lines once both have exited."""
-    bob = Peer(lab, "b", ["--user", "bob", "--tone", str(B_TONE), "--answer"],
-               tmp_path / "bob.log")
-    alice: Peer | None = None
-    try:
-        bob.wait_for("ready", 30)
-        alice = Peer(lab, "a", ["--user", "alice", "--tone", str(A_TONE), "--call", "bob",
-                                *caller_args], tmp_path / "alice.log")
-        alice_lines = alice.finish(timeout)
-        bob_lines = bob.finish(15)
-        return alice_lines, bob_lines
-    finally:
-        bob.stop()
-        if alice is not None:
-            alice.stop()
+    with peers(lab, tmp_path, caller_args, [], seconds=False) as (alice, bob):
+        assert alice is not None
+        alice_lines = alice.done(timeout, leaks=False)
+        bob_lines = bob.done(15, leaks=False)
+    return alice_lines, bob_lines
 
 
 def summary(lines: list[dict[str, Any]]) -> dict[str, Any]:
