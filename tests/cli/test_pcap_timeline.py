@@ -4,28 +4,20 @@ outputs a user asks for: JSON events, the readable report, --pcap, --timeline, -
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sipua.lab.sipua_peer import clean_env
 from sipua.pcap import read_pcap
+from tests.cli.conftest import StartRegistrar
 
 SIPUA = [sys.executable, "-m", "sipua"]
 STUN_COOKIE = bytes.fromhex("2112a442")
-
-
-def _env(home: Path) -> dict[str, str]:
-    """No configuration file or SIPUA_* variable of the machine leaks into the test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIPUA_")}
-    env["HOME"] = str(home)
-    env["XDG_CONFIG_HOME"] = str(home / ".config")
-    return env
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
@@ -33,22 +25,9 @@ def _lines(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def registrar(tmp_path: Path) -> Iterator[str]:
-    """``sipua registrar`` for example.org on a free loopback port (UDP and TCP)."""
-    users = tmp_path / "users"
-    users.write_text("alice:alicepw\nbob:bobpw\n")
-    proc = subprocess.Popen([*SIPUA, "registrar", "--listen", "127.0.0.1:0", "--users",
-                             str(users), "--domain", "example.org"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "registrar listening on udp 127.0.0.1:" in line, line
-    try:
-        yield line.split("udp ")[1].split(",")[0]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def registrar(start_registrar: StartRegistrar) -> str:
+    """``sipua registrar`` for example.org with alice and bob, on a free loopback port."""
+    return start_registrar({"alice": "alicepw", "bob": "bobpw"})
 
 
 def _bob(tmp_path: Path, registrar: str, *extra: str) -> subprocess.Popen[str]:
@@ -57,7 +36,7 @@ def _bob(tmp_path: Path, registrar: str, *extra: str) -> subprocess.Popen[str]:
         [*SIPUA, "answer", "--listen", "127.0.0.1:0", "--user", "bob@example.org",
          "--password", "bobpw", "--registrar", registrar, "--max-calls", "1", "--json",
          *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(tmp_path))
     assert proc.stdout is not None
     for line in proc.stdout:
         data = json.loads(line)
@@ -72,7 +51,7 @@ def _alice(tmp_path: Path, registrar: str, *extra: str) -> subprocess.CompletedP
         [*SIPUA, "call", "sip:bob@example.org", "--listen", "127.0.0.1:0", "--user",
          "alice@example.org", "--password", "alicepw", "--registrar", registrar,
          "--duration", "0.6", *extra],
-        capture_output=True, text=True, timeout=60, env=_env(tmp_path), check=False)
+        capture_output=True, text=True, timeout=60, env=clean_env(tmp_path), check=False)
 
 
 def test_call_through_registrar_with_json_pcap_timeline_and_sip_log(
@@ -160,7 +139,7 @@ def test_unwritable_outputs_are_refused_before_calling(tmp_path: Path) -> None:
         done = subprocess.run(
             [*SIPUA, "call", "sip:bob@127.0.0.1:9", "--listen", "127.0.0.1:0", option,
              str(tmp_path / "missing" / "x")],
-            capture_output=True, text=True, timeout=30, env=_env(tmp_path), check=False)
+            capture_output=True, text=True, timeout=30, env=clean_env(tmp_path), check=False)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and option in done.stderr
         assert done.stdout == ""
