@@ -118,10 +118,14 @@ class IceSettings:
     #: (USE-CANDIDATE on every check, RFC 5245 §8.1.1.2).
     nomination: str = "regular"
     #: Pacing interval Ta between ordinary checks (RFC 8445 §14.2: 50 ms by default, "MAY use
-    #: another value based on the characteristics of the associated data"). 20 ms is what
-    #: RFC 5245 §16.1 computes for one audio stream: a STUN check is smaller than an RTP packet
-    #: sent every 20 ms, so checking at that rate adds no more load than the call itself.
-    ta: float = 0.02
+    #: another value based on the characteristics of the associated data", proposed to the
+    #: peer, never below 5 ms for all agents together). 15 ms: a STUN check is smaller than
+    #: the RTP packet an audio call sends every 20 ms, so checks add less load than the call
+    #: itself; and the working pair, often the second in priority order behind a host pair
+    #: that cannot connect across NATs, starts 15 ms in rather than 20 or 50. RFC 5245 §16.1
+    #: put the floor at 20 ms for RTP: callers wanting that set 0.02 (``ice.compat =
+    #: "rfc5245"`` does).
+    ta: float = 0.015
     #: Send a check that answers the peer's check, and the nominating check, at once instead of
     #: waiting for the next Ta slot. RFC 5245 §7.2.1.4 retransmits an in-progress check at once
     #: when the peer's check arrives, "to facilitate rapid completion of ICE when both agents

@@ -40,6 +40,13 @@ def _hostport(text: str) -> tuple[str, int]:
     return (host.strip("[]"), int(port))
 
 
+def _candidate_types(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not kinds or any(k not in ("host", "srflx", "relay") for k in kinds):
+        raise argparse.ArgumentTypeError(f"expected a subset of host,srflx,relay, got {text!r}")
+    return kinds
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ice.peer",
                                 description="ICE peer line protocol v1 (docs/ice-peer.md)")
@@ -61,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "non-loopback IPv4 address, else loopback")
     p.add_argument("--lite", action="store_true", help="act as an ICE-lite agent")
     p.add_argument("--ta", type=float, default=None, help="pacing interval Ta in seconds")
+    p.add_argument("--candidates", type=_candidate_types, default=None, metavar="TYPES",
+                   help="candidate types to gather, offer and check from: a comma-separated "
+                        "subset of host,srflx,relay (default: all)")
     return p
 
 
@@ -99,6 +109,8 @@ class Peer:
         }
         if args.ta is not None:
             settings_kw["ta"] = args.ta
+        if args.candidates is not None:
+            settings_kw["candidate_types"] = args.candidates
         self.agent = Agent(IceSettings(**settings_kw), controlling=args.role == "controlling",
                            rng=random.SystemRandom(), components=1)
         self.transport = IceUdpTransport(self.agent, reactor, on_event=self.on_event,

@@ -87,11 +87,20 @@ from sipua.session import (
 )
 
 if TYPE_CHECKING:
-    from sipua.settings import IceFaults, Settings
+    from sipua.settings import IceConfig, IceFaults, Settings
 
 __all__ = ["Call", "CallError", "CallHost", "CallOptions", "CallState", "MediaTimeout"]
 
 log = logging.getLogger(__name__)
+
+RFC5245_MIN_TA = 0.02
+"""RFC 5245 §16.1: Ta is at least 20 ms when ICE runs for RTP."""
+
+
+def _pacing(cfg: IceConfig) -> float:
+    """Our Ta: the configured one, not below RFC 5245's floor in rfc5245 mode."""
+    return max(cfg.ta, RFC5245_MIN_TA) if cfg.compat == "rfc5245" else cfg.ta
+
 
 MAX_GLARE_RETRIES = 3
 """Times an offer refused with 491 Request Pending is sent again (RFC 3261 §14.1) before the
@@ -398,7 +407,7 @@ class Call:
                      for t in cfg.turn_servers
                      if t.transport == "udp" and not t.secure and "relay" in cfg.candidate_types)
         return IceSettings(
-            nomination=self.nomination, ta=cfg.ta, lite=cfg.lite, stun_servers=stun,
+            nomination=self.nomination, ta=_pacing(cfg), lite=cfg.lite, stun_servers=stun,
             turn_servers=turn, keepalive_interval=cfg.keepalive_interval,
             consent_interval=cfg.consent_interval, consent_timeout=cfg.consent_timeout,
             software=self.host.settings.ua.user_agent, candidate_types=cfg.candidate_types,

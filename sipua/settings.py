@@ -499,10 +499,11 @@ class IceConfig:
     #: (RFC 5245 §8.1.1.2).
     nomination: str = "regular"
     #: Pacing interval Ta between checks, in seconds (RFC 8445 §14.2 allows other values than
-    #: 50 ms "based on the characteristics of the associated data"; 20 ms is RFC 5245 §16.1's
-    #: value for one audio stream). Not below 5 ms. Proposed to the peer as a=ice-pacing;
-    #: when the peer proposes a longer one, both use that (RFC 8445 §14.2).
-    ta: float = 0.02
+    #: 50 ms "based on the characteristics of the associated data": a check is smaller than
+    #: the RTP packet sent every 20 ms). Not below 5 ms. Proposed to the peer as a=ice-pacing;
+    #: when the peer proposes a longer one, both use that (RFC 8445 §14.2). With compat
+    #: "rfc5245" at least 20 ms, RFC 5245 §16.1's floor for RTP.
+    ta: float = 0.015
     #: Be an ICE-lite agent: host candidates only, answer checks, never send them (RFC 8445 §2.5).
     lite: bool = False
     #: Gather IPv6 candidates too.

@@ -91,7 +91,7 @@ async def test_callee_forced_controlling_wins_the_conflict() -> None:
 async def test_compat_switch_in_sdp_and_fault_counters(compat: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """rfc8445 offers a=ice-options:ice2 (RFC 8445 §10), rfc5245 does not, in offer and answer
-    alike; with send_updated_offer off, only rfc5245 still sends the updated offer of RFC 5245
+    alike, and paces its checks at no less than RFC 5245's 20 ms; with send_updated_offer off, only rfc5245 still sends the updated offer of RFC 5245
     §9.1.3 when the selected pair is not the default; a delay fault on the callee slows nothing
     fatally and its counters reach the report."""
     faults = IceFaults(delay=0.02)
@@ -104,6 +104,9 @@ async def test_compat_switch_in_sdp_and_fault_counters(compat: str,
         offer_ice, answer_ice = other.negotiated.remote.ice, call.negotiated.remote.ice
         assert offer_ice is not None and answer_ice is not None
         assert offer_ice.options == expected and answer_ice.options == expected
+        # RFC 5245 §16.1: at least 20 ms for RTP; RFC 8445 mode proposes the 15 ms default.
+        pacing = 20 if compat == "rfc5245" else 15
+        assert offer_ice.pacing == pacing and answer_ice.pacing == pacing
         report = other.stats()["ice"]
         assert report["compat"] == compat
         assert report["faults"]["settings"] == dataclasses.asdict(faults)
@@ -124,14 +127,14 @@ async def test_compat_switch_in_sdp_and_fault_counters(compat: str,
 @pytest_twisted.ensureDeferred
 async def test_each_side_proposes_its_pacing_and_both_use_the_higher() -> None:
     """RFC 8445 §14.2 / RFC 8839 §5.5: the offer carries the caller's a=ice-pacing (30 ms),
-    the answer the callee's (20 ms, the default); both agents pace their checks at 30 ms."""
+    the answer the callee's (15 ms, the default); both agents pace their checks at 30 ms."""
     alice, bob = await started(settings(ta=0.03), settings())
     call, other = await connected(alice, bob)
     try:
         assert other.negotiated is not None and call.negotiated is not None
         offer_ice, answer_ice = other.negotiated.remote.ice, call.negotiated.remote.ice
         assert offer_ice is not None and answer_ice is not None
-        assert (offer_ice.pacing, answer_ice.pacing) == (30, 20)
+        assert (offer_ice.pacing, answer_ice.pacing) == (30, 15)
         assert call.agent is not None and other.agent is not None
         assert call.agent.ta == pytest.approx(0.03) and other.agent.ta == pytest.approx(0.03)
     finally:

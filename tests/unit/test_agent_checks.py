@@ -326,8 +326,8 @@ def test_responses_matched_by_id_source_and_integrity(case: str) -> None:
     assert [e.reason for e in failed] == (["asymmetric"] if case == "wrong source" else [])
 
 
-@pytest.mark.parametrize(("proposed", "expected"), [(None, 0.02), (0.01, 0.02), (0.05, 0.05),
-                                                    (30.0, 1.0)])
+@pytest.mark.parametrize(("proposed", "expected"), [(None, 0.015), (0.01, 0.015),
+                                                    (0.05, 0.05), (30.0, 1.0)])
 def test_checks_paced_at_the_higher_of_both_proposals(proposed: float | None,
                                                       expected: float) -> None:
     """RFC 8445 §14.2: with the peer's a=ice-pacing the ordinary checks go out every
