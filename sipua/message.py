@@ -12,6 +12,16 @@ the fallback. The hot path of a transaction layer (top Via branch, tags, Call-ID
 costs one split plus the few values it actually reads; the encoded header block is cached too,
 until the headers change.
 
+Messages of the usual shape skip even the split: one precompiled match over the whole header
+block (:func:`_head_pattern`) checks every line's syntax, the start line and the shapes of Via,
+From, To, Call-ID and CSeq, and captures their parts. Only those headers (and Max-Forwards,
+Content-Length) are indexed then; the others on first need, and the typed values are built from
+the captured parts when read (a From or To URI only when its ``uri`` is read), with no second
+match. Anything else (folding, repeated Via lines, odd white space, quoting oddities, every
+error) fails that match and takes the general path, which decides as before: the fast path
+accepts a subset of what the general path accepts and gives the same result
+(tests/unit/test_sip_message_fastpath.py compares the two).
+
 Every malformed input raises :class:`SipParseError` and nothing else; it carries the status code
 to answer a bad request with and the raw Via/From/To/Call-ID/CSeq read so far, so that
 :func:`error_response` can still build that answer (RFC 3261 §8.2.6).
@@ -23,7 +33,7 @@ import dataclasses
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from sipua.uri import FAST_URI_PATTERN, SipParseError, SipUri, _fast_uri, parse_uri
 
@@ -130,23 +140,165 @@ _PARAM_VALUE_RE = re.compile(r"[^\x00-\x20\x7f\"<>,;\\]+")
 # quantifiers over overlapping classes: linear time); anything else takes the general path.
 _PARAMS_PATTERN = r"(?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[^\x00-\x20\x7f\"<>,;\\]++)?)*+"
 _FAST_PARAMS_RE = re.compile(_PARAMS_PATTERN)
-_FAST_VIA_RE = re.compile(
-    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-_.]*)(?::([0-9]{1,5}))?(" + _PARAMS_PATTERN
-    + ")")
+_VIA_PATTERN = (r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-_.]*)(?::([0-9]{1,5}))?("
+                + _PARAMS_PATTERN + ")")
+_FAST_VIA_RE = re.compile(_VIA_PATTERN)
 _DISPLAY_PATTERN = r"[A-Za-z0-9\-.!%*_+`'~ \t\u0080-\U0010ffff]*"
-# name-addr with a sip/sips URI written the usual way: display, URI and parameters in one match.
+# name-addr with a sip/sips URI written the usual way: display, URI and parameters in one match
+# (QUOTED is the quoted display name's content).
+_NAME_ADDR_URI_PATTERN = (r'(?:"(QUOTED)"[ \t]*|(' + _DISPLAY_PATTERN + "))<" + FAST_URI_PATTERN
+                          + r">[ \t]*(" + _PARAMS_PATTERN + ")")
 _FAST_NAME_ADDR_URI_RE = re.compile(
-    r'(?:"((?:[^"\\]|\\.)*)"[ \t]*|(' + _DISPLAY_PATTERN + "))<" + FAST_URI_PATTERN
-    + r">[ \t]*(" + _PARAMS_PATTERN + ")", re.DOTALL)
+    _NAME_ADDR_URI_PATTERN.replace("QUOTED", r'(?:[^"\\]|\\.)*'), re.DOTALL)
 _FAST_NAME_ADDR_RE = re.compile(
     r'(?:"((?:[^"\\]|\\.)*)"[ \t]*|([^"<>]*))<([^<>]*)>[ \t]*(' + _PARAMS_PATTERN + ")",
     re.DOTALL)
 # RFC 3261 §7.1, §7.2: the usual start lines in one match each; anything else (other spellings
 # of the version, escapes or headers in the Request-URI, errors) takes the general path.
-_FAST_STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.DOTALL)
-_FAST_REQUEST_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) " + FAST_URI_PATTERN + " SIP/2\\.0")
-_FAST_CSEQ_RE = re.compile(r"([0-9]{1,10}) ([A-Za-z0-9\-.!%*_+`'~]+)")
+_STATUS_PATTERN = r"SIP/2\.0 ([1-6][0-9][0-9])(?: (REASON))?"
+_FAST_STATUS_RE = re.compile(_STATUS_PATTERN.replace("REASON", ".*"), re.DOTALL)
+_REQUEST_PATTERN = r"([A-Za-z0-9\-.!%*_+`'~]+) " + FAST_URI_PATTERN + r" SIP/2\.0"
+_FAST_REQUEST_RE = re.compile(_REQUEST_PATTERN)
+_CSEQ_PATTERN = r"([0-9]{1,10}) ([A-Za-z0-9\-.!%*_+`'~]+)"
+_FAST_CSEQ_RE = re.compile(_CSEQ_PATTERN)
 _CALL_ID_RE = re.compile(r"[^\x00-\x20\x7f\"<>]+")
+
+
+def _names(*names: str) -> str:
+    """A pattern for header names in any letter case, ASCII only as _KEYS knows them (an
+    ignore-case pattern would also take non-ASCII case variants such as U+017F for "s")."""
+    return "|".join("".join(f"[{c.upper()}{c}]" if c.isalpha() else re.escape(c) for c in name)
+                    for name in names)
+
+
+def _branch_optionals(pattern: str) -> str:
+    """``pattern`` with every greedy optional group ``(?:...)?`` that captures nothing written
+    ``(?:...|)``.
+
+    The two match the same text; the regex engine runs an optional group through its general
+    repeat machinery (a context allocated per use) but an alternation without it, which makes
+    a difference over the dozens of optional groups of a header block. Groups that capture keep
+    the repeat: it restores their marks when the group fails, an alternation may not.
+    """
+    kept = "\x00"  # stands for the "?" of an optional group left as it is
+    out = pattern
+    while True:
+        stack: list[tuple[int, bool]] = []  # (where a group opens, whether it captures within)
+        found: tuple[int, int] | None = None
+        index = 0
+        while index < len(out) and found is None:
+            char = out[index]
+            if char == "\\":
+                index += 2
+                continue
+            if char == "[":  # a class: skip to its closing bracket
+                index += 1
+                if out[index] == "^":
+                    index += 1
+                if out[index] == "]":
+                    index += 1
+                while out[index] != "]":
+                    index += 2 if out[index] == "\\" else 1
+            elif char == "(":
+                capturing = out[index + 1] != "?" or out[index + 1:index + 4] == "?P<"
+                stack.append((index, False))
+                if capturing:
+                    stack[:] = [(at, True) for at, _ in stack]
+            elif char == ")":
+                start, captures = stack.pop()
+                if out[index + 1:index + 2] == "?" and out[index + 2:index + 3] not in ("?", "+"):
+                    if captures or not out.startswith("(?:", start):
+                        out = out[:index + 1] + kept + out[index + 2:]
+                    else:
+                        found = (start, index)
+            index += 1
+        if found is None:
+            return out.replace(kept, "?")
+        start, end = found
+        out = out[:start] + out[start:end] + "|)" + out[end + 2:]
+
+
+def _head_pattern() -> re.Pattern[str]:
+    """The fast path over a whole header block of the usual shape, in one match.
+
+    It accepts a subset of what the general path accepts, and splits it the same way: the
+    usual start line; then up to MAX_HEADER_LINES lines ending in CRLF, each a token name, a
+    colon and a value (the values captured have no CR or LF and no odd white space at either
+    end, so that they are what str.strip() leaves); Via, From, To, Call-ID, CSeq, Max-Forwards
+    and Content-Length each at most once (RFC 3261 §7.3.1), Via, From, To, Call-ID and CSeq in
+    the shape their own fast patterns accept, each captured in parts. Whatever else (folding,
+    bare LF, repeated or list-valued Via, quoted oddities, errors) fails it and takes the
+    general path.
+
+    Written for the regex engine's cost model: atomic groups keep it linear (a line, once
+    matched, is never re-split); every alternative for a line starts with a character class of
+    the name's first letter, which the engine tests without entering the alternative; the values
+    of the other headers are skipped with ``.*``, far cheaper per character than a class.
+    """
+    ws = r"[ \t]*"
+    value = r"(?:[^\s](?:[^\r\n]*[^\s])?)?"  # what str.strip() leaves, with no CR or LF
+    rest = r"[A-Za-z0-9\-.!%*_+`'~]*"  # a token after its first character
+
+    def once(names: str, group: str, pattern: str, *also: str) -> str:
+        # ``names``: the rest of the name, its first letter matched already. `(?(n)(?!)|...)`:
+        # a second such line (``also``: under another spelling) fails here, and the generic line
+        # refuses the name, so a repeated header fails the whole match. The group numbers are
+        # filled in below.
+        tail = rf"{ws}(?!\s)(?P<{group}>{pattern})(?<!\s){ws}"
+        for name in (group, *also):
+            tail = rf"(?(<{name}>)(?!)|{tail})"
+        return rf"{names}{ws}:{tail}"
+
+    def other(names: str) -> str:
+        # Any value will do (up to LF, the CR included): the general path indexes these lines,
+        # and strips their values, when they are first needed.
+        return rf"(?!(?:{names}){ws}:){rest}{ws}:.*"
+
+    quoted = r'(?:[^"\\\r\n]|\\[^\r\n])*'
+    name_addr = _NAME_ADDR_URI_PATTERN.replace("QUOTED", quoted)
+    via, from_, to = "(?:" + _names("ia") + ")?", "(?:" + _names("rom") + ")?", "(?:[Oo])?"
+    max_forwards = _names("ax-forwards")
+    call_id, cseq, length = _names("all-id"), _names("seq"), _names("ontent-length")
+    # First letters of no special name (all but C F I L M T V): straight to the generic line.
+    plain = "".join(c for c in "ABDEGHJKNOPQRSUWXYZ" for c in (c, c.lower()))
+    lines = "|".join((
+        rf"[{plain}0-9\-.!%*_+`'~]{rest}{ws}:.*",
+        rf"[Vv](?:{once(via, 'via', _VIA_PATTERN)}|{other(via)})",
+        rf"[Ff](?:{once(from_, 'from', name_addr)}|{other(from_)})",
+        rf"[Tt](?:{once(to, 'to', name_addr)}|{other(to)})",
+        "[Cc](?:" + "|".join((
+            once(call_id, "call_id", r"[!#-;=?-~]+", "call_id_i"),  # _CALL_ID_RE, ASCII only
+            once(cseq, "cseq", _CSEQ_PATTERN),
+            once(length, "content_length", "[0-9]{1,9}", "content_length_l"),
+            other(f"{call_id}|{cseq}|{length}"))) + ")",
+        rf"[Mm](?:{once(max_forwards, 'max_forwards', value)}|{other(max_forwards)})",
+        rf"[Ii](?:{once('', 'call_id_i', r'[!#-;=?-~]+', 'call_id')}|{other('')})",
+        rf"[Ll](?:{once('', 'content_length_l', '[0-9]{1,9}', 'content_length')}"
+        rf"|{other('')})",
+    ))
+    start = ("(?:" + _STATUS_PATTERN.replace("REASON", r"[^\r\n]*")
+             + "|(?P<method>" + _REQUEST_PATTERN[1:] + ")")
+    # A line starts after CRLF, or after the LF whose CR the previous line's ".*" took.
+    pattern = _branch_optionals(
+        start + rf"(?>(?:\r\n|(?<=\r)\n)(?>{lines})){{0,{MAX_HEADER_LINES}}}+")
+    numbers = re.compile(re.sub(r"\(\?\(<\w+>\)\(\?!\)\|", "(?:(?!)|", pattern)).groupindex
+    return re.compile(re.sub(r"\(\?\(<(\w+)>\)", lambda m: f"(?({numbers[m.group(1)]})",
+                             pattern))
+
+
+_HEAD_RE = _head_pattern()
+#: keys whose every value the fast path indexes (the others wait for Headers._index)
+_HEAD_KEYS = frozenset(("via", "from", "to", "call-id", "cseq", "max-forwards",
+                        "content-length"))
+_G = {name: number - 1 for name, number in _HEAD_RE.groupindex.items()}
+# Where each value sits in the fast path's groups() (group n at n - 1); its parts follow it.
+_G_METHOD, _G_VIA, _G_FROM, _G_TO = _G["method"], _G["via"], _G["from"], _G["to"]
+_G_CALL_ID, _G_CALL_ID_I, _G_CSEQ = _G["call_id"], _G["call_id_i"], _G["cseq"]
+_G_CL, _G_CL_L, _G_MF = _G["content_length"], _G["content_length_l"], _G["max_forwards"]
+# A value and its parts, as _via_of and _name_addr_of take them.
+_VIA_PARTS = slice(_G_VIA, _G_VIA + 5)
+_FROM_PARTS = slice(_G_FROM, _G_FROM + 9)
+_TO_PARTS = slice(_G_TO, _G_TO + 9)
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _SENT_BY_LWS_RE = re.compile(r"[ \t]*([/:])[ \t]*")
 _STREAM_CL_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n|$)",
@@ -351,18 +503,7 @@ def parse_via(text: str) -> Via:
     """Parse one Via value (already split from its list)."""
     match = _FAST_VIA_RE.fullmatch(text)
     if match is not None:
-        transport, host, port_text, param_text = match.groups()
-        port = None
-        if port_text is not None:
-            port = int(port_text)
-            if port > 65535:
-                raise SipParseError(f"bad Via port in {text!r}")
-        params: dict[str, str | None] = {}
-        if param_text:
-            for item in param_text[1:].split(";"):
-                name, eq, value = item.partition("=")
-                params[name.lower()] = value if eq else None
-        return Via(transport if transport.isupper() else transport.upper(), host, port, params)
+        return _via_of(text, *match.groups())
     text = text.strip()
     semi = text.find(";")
     if semi >= 0:
@@ -388,6 +529,27 @@ def parse_via(text: str) -> Via:
     return via
 
 
+def _via_of(text: str, transport: str, host: str, port_text: str | None,
+            param_text: str) -> Via:
+    """The Via from the parts of a :data:`_VIA_PATTERN` match over ``text``."""
+    port = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            raise SipParseError(f"bad Via port in {text!r}")
+    params: dict[str, str | None] = {}
+    if param_text:
+        for item in param_text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params[name.lower()] = value if eq else None
+    via = object.__new__(Via)  # the parts are valid: skip the generated __init__
+    via.transport = transport if transport.isupper() else transport.upper()
+    via.host = host
+    via.port = port
+    via.params = params
+    return via
+
+
 def _parse_sent_by(text: str, whole: str) -> tuple[str, int | None]:
     try:
         uri = parse_uri("sip:" + text)
@@ -407,6 +569,22 @@ class NameAddr:
     """Display name, unquoted; None when absent."""
     params: dict[str, str | None] = field(default_factory=dict)
     """Header parameters (tag, expires, q, ...): names lower-cased, values as written."""
+    _uri_parts: tuple[Any, ...] | None = field(default=None, init=False, repr=False,
+                                               compare=False)
+    """A parsed value's URI, still as the arguments of ``_fast_uri``; ``uri`` stays unset until
+    first read (a transaction layer reads the tags, seldom the URIs)."""
+
+    if not TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any:
+            # Reached only for an unset slot: the URI of a parsed value, built on first read.
+            if name == "uri":
+                parts = self._uri_parts
+                if parts is not None:
+                    uri = _fast_uri(*parts)
+                    self.uri = uri
+                    self._uri_parts = None
+                    return uri
+            raise AttributeError(name)
 
     @property
     def tag(self) -> str | None:
@@ -430,20 +608,8 @@ def parse_name_addr(text: str) -> NameAddr:
     """
     match = _FAST_NAME_ADDR_URI_RE.fullmatch(text)
     if match is not None:
-        quoted, words, scheme, user, host, port, uri_params, param_text = match.groups()
-        display: str | None
-        if quoted is None:
-            display = words.strip() or None
-        elif "\\" in quoted:
-            display = _unquote(f'"{quoted}"')
-        else:
-            display = quoted
-        params: dict[str, str | None] = {}
-        if param_text:
-            for item in param_text[1:].split(";"):
-                name, eq, value = item.partition("=")
-                params[name.lower()] = value if eq else None
-        return NameAddr(_fast_uri(scheme, user, host, port, uri_params, text), display, params)
+        return _name_addr_of(text, *match.groups())
+    display: str | None
     match = _FAST_NAME_ADDR_RE.fullmatch(text)
     if match is not None:
         quoted, words, uri_text, param_text = match.groups()
@@ -497,6 +663,32 @@ def parse_name_addr(text: str) -> NameAddr:
     return NameAddr(uri, display, params)
 
 
+def _name_addr_of(text: str, quoted: str | None, words: str | None, scheme: str,
+                  user: str | None, host: str, port: str | None, uri_params: str,
+                  param_text: str) -> NameAddr:
+    """The name-addr from the parts of a :data:`_NAME_ADDR_URI_PATTERN` match over ``text``;
+    its URI is built when first read (:attr:`NameAddr._uri_parts`)."""
+    display: str | None
+    if quoted is None:
+        display = (words.strip() or None) if words else None
+    elif "\\" in quoted:
+        display = _unquote(f'"{quoted}"')
+    else:
+        display = quoted
+    params: dict[str, str | None] = {}
+    if param_text:
+        for item in param_text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params[name.lower()] = value if eq else None
+    if port is not None and int(port) > 65535:  # the one check _fast_uri makes
+        raise SipParseError(f"port out of range in URI {text!r}")
+    addr = object.__new__(NameAddr)  # the parts are valid: skip the generated __init__
+    addr._uri_parts = (scheme, user, host, port, uri_params, text)
+    addr.display = display
+    addr.params = params
+    return addr
+
+
 class CSeq(NamedTuple):
     """CSeq (RFC 3261 §20.16)."""
 
@@ -537,15 +729,20 @@ class Headers:
 
     A parsed block keeps its (already validated) lines and builds the ordered item list only
     when something asks for the order (:meth:`items`, a change, the first encode): the index by
-    name is all that reading a message needs.
+    name is all that reading a message needs. After a fast-path parse even the index holds only
+    :data:`_HEAD_KEYS` until another name is asked for (:attr:`_index`).
     """
 
-    __slots__ = ("_cache", "_index", "_lines", "_list")
+    __slots__ = ("_cache", "_head", "_idx", "_lines", "_list", "_parts")
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
         self._list: list[tuple[str, str]] | None = []
         self._lines: list[str] | None = None
-        self._index: dict[str, list[str]] = {}
+        self._idx: dict[str, list[str]] = {}
+        #: the header block not indexed yet beyond :data:`_HEAD_KEYS` (a fast-path parse)
+        self._head: str | None = None
+        #: the fast path's groups over that block: the typed values' parts, until a change
+        self._parts: tuple[str | None, ...] | None = None
         self._cache: dict[str, Any] = {}
         if items:
             for name, value in items:
@@ -553,19 +750,37 @@ class Headers:
 
     @classmethod
     def _from_lines(cls, lines: list[str], index: dict[str, list[str]]) -> Headers:
-        """Headers over header lines that :func:`_index_lines` accepted and indexed."""
+        """Headers over header lines that :func:`_parse_head` accepted and indexed."""
         headers = cls.__new__(cls)
         headers._list = None
         headers._lines = lines
-        headers._index = index
+        headers._idx = index
+        headers._head = None
+        headers._parts = None
         headers._cache = {}
         return headers
+
+    @property
+    def _index(self) -> dict[str, list[str]]:
+        """Every value by key; a fast-path parse indexes the other headers on first need."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            _, self._lines, self._idx = _parse_head(head)
+        return self._idx
+
+    def _values(self, key: str) -> list[str] | None:
+        """The values of ``key``, indexing the whole block only for keys outside _HEAD_KEYS."""
+        if key in _HEAD_KEYS:
+            return self._idx.get(key)
+        return self._index.get(key)
 
     @property
     def _items(self) -> list[tuple[str, str]]:
         items = self._list
         if items is None:
-            items = self._list = _items_from_lines(self._lines or [], self._index)
+            index = self._index
+            items = self._list = _items_from_lines(self._lines or [], index)
             self._lines = None
         return items
 
@@ -578,7 +793,8 @@ class Headers:
         index: dict[str, list[str]] = {}
         for name, value in self._items:
             index.setdefault(_key(name), []).append(value)
-        self._index = index
+        self._idx = index
+        self._parts = None
         self._cache.clear()
 
     @staticmethod
@@ -589,7 +805,7 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value (the first list element for list headers), or ``default``."""
         key = _FAST_KEYS.get(name) or _key(name)
-        values = self._index.get(key)
+        values = self._idx.get(key) if key in _HEAD_KEYS else self._index.get(key)
         if not values:
             return default
         if key in _LIST_HEADERS:
@@ -603,7 +819,7 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every value, across repeated headers and split on commas for list headers."""
         key = _FAST_KEYS.get(name) or _key(name)
-        values = self._index.get(key)
+        values = self._values(key)
         if not values:
             return []
         if key not in _LIST_HEADERS:
@@ -648,7 +864,8 @@ class Headers:
             self._reindex()
             return
         items.append((display, value))
-        self._index.setdefault(key, []).append(value)
+        self._idx.setdefault(key, []).append(value)
+        self._parts = None
         self._cache.clear()
 
     def remove(self, name: str) -> None:
@@ -660,7 +877,8 @@ class Headers:
         self._reindex()
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (_FAST_KEYS.get(name) or _key(name)) in self._index
+        return isinstance(name, str) and self._values(_FAST_KEYS.get(name) or _key(name)) \
+            is not None
 
     def items(self) -> list[tuple[str, str]]:
         """(name, raw value) per header line, in order."""
@@ -753,7 +971,7 @@ class Message:
 
     def partial(self) -> dict[str, str]:
         """Raw Via/From/To/Call-ID/CSeq values, as :attr:`SipParseError.partial` carries them."""
-        return _partial(self.headers._index)
+        return _partial(self.headers._idx)
 
     def _failed(self, error: SipParseError) -> SipParseError:
         if not error.partial:
@@ -761,7 +979,7 @@ class Message:
         return error
 
     def _required(self, key: str) -> str:
-        values = self.headers._index.get(key)
+        values = self.headers._values(key)
         if not values:
             raise self._failed(SipParseError(f"missing {_DISPLAY.get(key, key)} header"))
         if len(values) > 1:
@@ -777,9 +995,12 @@ class Message:
         headers = self.headers
         value: list[Via] | None = headers._cache.get("vias")
         if value is None:
-            values = headers._index.get("via")
+            values = headers._idx.get("via")
+            parts = headers._parts
             try:
-                if values is not None and len(values) == 1 and "," not in values[0]:
+                if parts is not None:
+                    value = [_via_of(*parts[_VIA_PARTS])]  # type: ignore[arg-type]
+                elif values is not None and len(values) == 1 and "," not in values[0]:
                     value = [parse_via(values[0])]
                 else:
                     value = [parse_via(v) for v in headers.get_all("via")]
@@ -800,10 +1021,10 @@ class Message:
         headers = self.headers
         value: str | None = headers._cache.get("call-id")
         if value is None:
-            values = headers._index.get("call-id")
+            values = headers._idx.get("call-id")
             value = values[0] if values is not None and len(values) == 1 else \
                 self._required("call-id")
-            if not _CALL_ID_RE.fullmatch(value):
+            if headers._parts is None and not _CALL_ID_RE.fullmatch(value):
                 raise self._failed(SipParseError(f"bad Call-ID {value!r}"))
             headers._cache["call-id"] = value
         return value
@@ -833,10 +1054,15 @@ class Message:
         headers = self.headers
         value: NameAddr | None = headers._cache.get(key)
         if value is None:
-            values = headers._index.get(key)
+            values = headers._idx.get(key)
+            parts = headers._parts
             try:
-                value = parse_name_addr(values[0] if values is not None and len(values) == 1
-                                        else self._required(key))
+                if parts is not None:
+                    at = _FROM_PARTS if key == "from" else _TO_PARTS
+                    value = _name_addr_of(*parts[at])  # type: ignore[arg-type]
+                else:
+                    value = parse_name_addr(values[0] if values is not None and len(values) == 1
+                                            else self._required(key))
             except SipParseError as error:
                 raise self._failed(error) from None
             headers._cache[key] = value
@@ -919,7 +1145,7 @@ class Message:
         cache = self.headers._cache
         value: int | None = cache.get(key, _MISSING)
         if value is _MISSING:
-            values = self.headers._index.get(key)
+            values = self.headers._values(key)
             if not values:
                 value = None
             else:
@@ -1162,7 +1388,15 @@ def parse(data: bytes, *, stream: bool = False) -> Request | Response:
     typed values are checked when first read (see :meth:`Message.validate`).
     """
     try:
-        return _parse(data if type(data) is bytes else bytes(data), stream)
+        if type(data) is not bytes:
+            data = bytes(data)
+        end = data.find(b"\r\n\r\n")
+        if 0 < end <= MAX_START_LINE:  # the usual shape first (no more characters than bytes)
+            message = _parse_fast(data[:end].decode("utf-8", "surrogateescape"), data[end + 4:],
+                                  stream)
+            if message is not None:
+                return message
+        return _parse(data, stream)
     except SipParseError:
         raise
     except (ValueError, IndexError, TypeError, UnicodeError, OverflowError) as error:
@@ -1243,6 +1477,71 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
                             partial=_partial(index))
     headers = Headers._from_lines(lines, index)
     headers._cache["cseq"] = cseq
+    message.headers = headers
+    message.body = body
+    return message
+
+
+def _parse_fast(head: str, rest: bytes, stream: bool) -> Request | Response | None:
+    """The message when the header block has the usual shape (:func:`_head_pattern`) and
+    passes every check :func:`_parse` makes; None sends it down the general path, which then
+    accepts or rejects it as always (the fast path never raises).
+
+    Only Via, From, To, Call-ID, CSeq, Max-Forwards and Content-Length are indexed here; the
+    other headers are indexed on first need (:attr:`Headers._index`), and the typed values are
+    built from the match's parts when first read.
+    """
+    match = _HEAD_RE.fullmatch(head)
+    if match is None:
+        return None
+    groups = match.groups()
+    status, reason, method_line = groups[0], groups[1], groups[_G_METHOD]
+    via, from_, to = groups[_G_VIA], groups[_G_FROM], groups[_G_TO]
+    call_id = groups[_G_CALL_ID] or groups[_G_CALL_ID_I]
+    cseq_text, number_text, method = groups[_G_CSEQ:_G_CSEQ + 3]
+    if via is None or from_ is None or to is None or call_id is None or cseq_text is None:
+        return None  # RFC 3261 §8.1.1: the general path names what is missing
+    length_text = groups[_G_CL] or groups[_G_CL_L]
+    max_forwards = groups[_G_MF]
+    if length_text is None:
+        if stream:
+            return None
+        body = rest
+    else:
+        length = int(length_text)
+        if len(rest) < length:
+            return None
+        body = rest[:length] if len(rest) > length else rest
+    number = int(number_text)
+    if number >= _MAX_CSEQ:
+        return None
+    index = {"via": [via], "from": [from_], "to": [to], "call-id": [call_id],
+             "cseq": [cseq_text]}
+    if max_forwards is not None:
+        index["max-forwards"] = [max_forwards]
+    if length_text is not None:
+        index["content-length"] = [length_text]
+    message: Request | Response
+    if status is not None:
+        message = Response.__new__(Response)
+        message.status = int(status)
+        message.reason = reason or ""
+    else:
+        if method_line != method:
+            return None
+        scheme, user, host, port, params = groups[_G_METHOD + 1:_G_METHOD + 6]
+        if port is not None and int(port) > 65535:
+            return None
+        message = Request.__new__(Request)
+        message.method = method
+        message.uri = _fast_uri(scheme, user, host, port, params, "")
+    headers = Headers.__new__(Headers)
+    headers._list = None
+    headers._lines = None
+    headers._idx = index
+    headers._head = head
+    headers._parts = groups
+    headers._cache = {"cseq": tuple.__new__(CSeq, (number, method))}
     message.headers = headers
     message.body = body
     return message
@@ -1371,7 +1670,7 @@ def make_response(request: Request, status: int, reason: str | None = None, *,
     Call-ID and CSeq; a 100 also copies Timestamp (§8.2.6.1). The body is empty.
     """
     source = request.headers
-    items: list[tuple[str, str]] = [("Via", value) for value in source._index.get("via", [])]
+    items: list[tuple[str, str]] = [("Via", value) for value in source._idx.get("via", [])]
     from_value = source.get("from")
     if from_value is not None:
         items.append(("From", from_value))
