@@ -91,9 +91,10 @@ async def test_callee_forced_controlling_wins_the_conflict() -> None:
 async def test_compat_switch_in_sdp_and_fault_counters(compat: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """rfc8445 offers a=ice-options:ice2 (RFC 8445 §10), rfc5245 does not, in offer and answer
-    alike, and paces its checks at no less than RFC 5245's 20 ms; with send_updated_offer off, only rfc5245 still sends the updated offer of RFC 5245
-    §9.1.3 when the selected pair is not the default; a delay fault on the callee slows nothing
-    fatally and its counters reach the report."""
+    alike, and rfc5245 paces its checks at no less than RFC 5245's 20 ms; with
+    send_updated_offer off, only rfc5245 still sends the updated offer of RFC 5245 §9.1.3 when
+    the selected pair is not the default; a delay fault on the callee slows nothing fatally and
+    its counters reach the report."""
     faults = IceFaults(delay=0.02)
     alice, bob = await started(settings(compat=compat, send_updated_offer=False),
                                settings(compat=compat, faults=faults))
